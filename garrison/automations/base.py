@@ -1,0 +1,144 @@
+"""What every automation is to the engine.
+
+Whatever its style, an automation is a name, a rule for which messages it takes, and a pure handler
+``apply(state, message, ctx) -> Outcome``: the new state plus effects, which are data. The engine
+commits state, cursor and effects in one transaction and dispatches the effects after commit.
+Side effects run later in ``perform``, handed an :class:`EffectContext` with a stable idempotency key.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from garrison.errors import DefinitionError
+
+if TYPE_CHECKING:
+    from garrison.client import Garrison
+
+JSON = Any
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One event as an automation sees it."""
+
+    tenant: str
+    key: str
+    seq: int
+    event_id: int
+    name: str
+    data: dict[str, Any]
+    target: str | None
+    created_at: datetime
+    system: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EffectSpec:
+    """A side effect as data: ``kind`` is what ``perform`` dispatches on, ``payload`` is JSON."""
+
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a handler decided. ``changed`` False means: store nothing, fire nothing."""
+
+    state: JSON
+    changed: bool
+    label: str
+    effects: list[EffectSpec] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyContext:
+    """What a handler may know besides state and message. ``replay`` is True when rebuilding."""
+
+    tenant: str
+    key: str
+    now: datetime
+    replay: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EffectContext:
+    """Handed to ``perform``: where the effect came from, and a client to send with."""
+
+    tenant: str
+    automation: str
+    key: str
+    effect_id: int
+    idempotency_key: str
+    client: Garrison
+
+
+class Automation(ABC):
+    """Base of every authoring style. Subclasses set ``style`` and implement the three hooks."""
+
+    style: str = "automation"
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise DefinitionError("an automation needs a non-empty name", automation=name)
+        if any(ch in name for ch in " \t\n"):
+            raise DefinitionError("an automation name cannot contain whitespace", automation=name)
+        self.name = name
+
+    @abstractmethod
+    def accepts(self, message: Message) -> bool:
+        """Whether this automation takes the message. Must depend only on its ``name`` and ``target``."""
+
+    @abstractmethod
+    def apply(self, state: JSON, message: Message, ctx: ApplyContext) -> Outcome:
+        """Pure: compute the new state and the effects. Raising marks the message failed."""
+
+    def perform(self, effect: EffectSpec, ctx: EffectContext) -> None:
+        """Run one side effect after commit. Raising makes the worker retry it with backoff."""
+        raise NotImplementedError(f"{type(self).__name__} {self.name!r} has no effect {effect.kind!r}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def clone_json(value: JSON) -> JSON:
+    """A deep copy of JSON data, much faster than ``copy.deepcopy`` for dicts and lists."""
+    if isinstance(value, dict):
+        return {k: clone_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clone_json(v) for v in value]
+    return value
+
+
+def canonical(value: JSON) -> str:
+    """A JSON text that is equal for equal JSON values (and tells ``1`` from ``true`` and ``1.0``)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def json_equal(a: JSON, b: JSON) -> bool:
+    # ``==`` is fast but calls True == 1 == 1.0 equal; confirm equality on the canonical text.
+    return a == b and canonical(a) == canonical(b)
+
+
+def ensure_json(value: JSON, what: str) -> JSON:
+    """Refuse what JSON cannot carry (sets, objects, NaN), so nothing un-storable reaches the database."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} is not JSON: {exc}") from exc
+
+
+def preferences_for(
+    base: Mapping[str, Any], per_tenant: Mapping[str, Mapping[str, Any]], tenant: str
+) -> dict[str, Any]:
+    merged = dict(base)
+    merged.update(per_tenant.get(tenant, {}))
+    return merged
+
+
+Callback = Callable[..., Any]

@@ -1,0 +1,231 @@
+"""Reducer machines, after casern: named pure reducers and listeners on state change.
+
+A reducer is ``(preferences, state, data) -> next_state``; on the first message for a key ``state`` is
+``None``. Each reducer gets deep copies, so mutating its input is safe. A result equal to the current
+state stores nothing and fires no listener; a reducer that raises stores nothing and records a failure.
+
+Where garrison does better than casern: a listener receives exactly the ``(prev, current, data)`` of the
+transition that fired it (not whatever the head is when it runs), it runs as a retried Celery task with
+an idempotency key, and ``send`` with an unknown reducer or an empty key raises at the caller.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
+
+from garrison.automations.base import (
+    JSON,
+    ApplyContext,
+    Automation,
+    EffectContext,
+    EffectSpec,
+    Message,
+    Outcome,
+    clone_json,
+    ensure_json,
+    json_equal,
+    preferences_for,
+)
+from garrison.errors import DefinitionError, ValidationError
+
+if TYPE_CHECKING:
+    from garrison.client import Garrison, IngestedEvent
+
+Reducer = Callable[[dict[str, Any], JSON, dict[str, Any]], JSON]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What a listener is handed: one stored transition, and what it may use to act on it."""
+
+    machine: str
+    tenant: str
+    key: str
+    version: int
+    reducer: str
+    prev: JSON
+    current: JSON
+    data: dict[str, Any]
+    preferences: dict[str, Any]
+    services: Mapping[str, Any]
+    idempotency_key: str
+    send: Callable[..., IngestedEvent]
+
+
+Listener = Callable[[Transition], Any]
+
+
+class Machine(Automation):
+    """A reducer machine.
+
+    ::
+
+        support = Machine("support", preferences={"timeoutAfter": 10}, services={"email": send_email})
+
+        @support.reducer
+        def initialInquiry(prefs, state, data):
+            return {"status": "inquired", "name": data["name"], "when": data["when"]}
+
+        @support.listener
+        def emailSupport(t: Transition):
+            if t.current["status"] == "timeout":
+                t.services["email"](t.preferences["supportPerson"], f"{t.current['name']} waits")
+
+        support.send("initialInquiry", "12344", {"name": "ryan", "when": 0})
+    """
+
+    style = "machine"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        preferences: Mapping[str, Any] | None = None,
+        tenant_preferences: Mapping[str, Mapping[str, Any]] | None = None,
+        services: Mapping[str, Any] | None = None,
+        on: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.preferences: dict[str, Any] = dict(preferences or {})
+        self.tenant_preferences: dict[str, dict[str, Any]] = {
+            t: dict(p) for t, p in (tenant_preferences or {}).items()
+        }
+        self.services: dict[str, Any] = dict(services or {})
+        self.reducers: dict[str, Reducer] = {}
+        self.listeners: dict[str, Listener] = {}
+        # Public event names (no target) that this machine maps onto one of its reducers.
+        self.on: dict[str, str] = dict(on or {})
+
+    # -- definition ---------------------------------------------------------------------------
+
+    @overload
+    def reducer(self, fn: Reducer) -> Reducer: ...
+    @overload
+    def reducer(self, fn: None = None, *, name: str | None = None) -> Callable[[Reducer], Reducer]: ...
+    def reducer(self, fn: Reducer | None = None, *, name: str | None = None) -> Any:
+        """Register a reducer under its function name (or ``name``)."""
+
+        def register(f: Reducer) -> Reducer:
+            self._add(self.reducers, name or f.__name__, f, "reducer")
+            return f
+
+        return register(fn) if fn is not None else register
+
+    @overload
+    def listener(self, fn: Listener) -> Listener: ...
+    @overload
+    def listener(self, fn: None = None, *, name: str | None = None) -> Callable[[Listener], Listener]: ...
+    def listener(self, fn: Listener | None = None, *, name: str | None = None) -> Any:
+        """Register a state-change listener; it runs after every stored transition, in order."""
+
+        def register(f: Listener) -> Listener:
+            self._add(self.listeners, name or f.__name__, f, "listener")
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def _add(self, table: dict[str, Any], name: str, fn: Any, what: str) -> None:
+        if not callable(fn):
+            raise DefinitionError(f"a {what} must be callable", automation=self.name, part=name)
+        if name in table:
+            raise DefinitionError(f"{what} {name!r} is defined twice", automation=self.name, part=name)
+        table[name] = fn
+
+    def preferences_for(self, tenant: str) -> dict[str, Any]:
+        return preferences_for(self.preferences, self.tenant_preferences, tenant)
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send(
+        self,
+        reducer: str,
+        key: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        tenant: str | None = None,
+        idempotency_key: str | None = None,
+        client: Garrison | None = None,
+    ) -> IngestedEvent:
+        """Ingest a message for ``reducer`` of this machine at ``key``. Fire-and-forget, like casern."""
+        from garrison.client import default_client
+
+        self.check_reducer(reducer)
+        return (client or default_client()).ingest(
+            reducer, key, dict(data or {}), tenant=tenant, idempotency_key=idempotency_key, target=self.name
+        )
+
+    def check_reducer(self, reducer: str) -> None:
+        if reducer not in self.reducers:
+            raise ValidationError(
+                f"machine {self.name!r} has no reducer {reducer!r}; it has {sorted(self.reducers)}",
+                field="reducer",
+                automation=self.name,
+            )
+
+    # -- the engine's side --------------------------------------------------------------------
+
+    def accepts(self, message: Message) -> bool:
+        if message.target is not None:
+            return message.target == self.name
+        return message.name in self.on
+
+    def reducer_for(self, message: Message) -> str:
+        return message.name if message.target is not None else self.on[message.name]
+
+    def apply(self, state: JSON, message: Message, ctx: ApplyContext) -> Outcome:
+        label = self.reducer_for(message)
+        fn = self.reducers.get(label)
+        if fn is None:
+            raise LookupError(f"machine {self.name!r} has no reducer {label!r}")
+        result = fn(self.preferences_for(ctx.tenant), clone_json(state), clone_json(message.data))
+        result = ensure_json(result, f"the state returned by reducer {label!r}")
+        if json_equal(result, state):
+            return Outcome(state=state, changed=False, label=label)
+        effects = [
+            EffectSpec(
+                "listener",
+                {"listener": name, "reducer": label, "prev": state, "current": result, "data": message.data},
+            )
+            for name in self.listeners
+        ]
+        return Outcome(state=result, changed=True, label=label, effects=effects)
+
+    def perform(self, effect: EffectSpec, ctx: EffectContext) -> None:
+        if effect.kind != "listener":
+            super().perform(effect, ctx)
+        payload = effect.payload
+        listener = self.listeners.get(payload["listener"])
+        if listener is None:
+            raise LookupError(f"machine {self.name!r} has no listener {payload['listener']!r}")
+        counter = itertools.count(1)
+
+        def send(reducer: str, key: str, data: Mapping[str, Any] | None = None) -> IngestedEvent:
+            # Stable per call site order, so a retried listener never sends twice.
+            return self.send(
+                reducer,
+                key,
+                data,
+                tenant=ctx.tenant,
+                idempotency_key=f"{ctx.idempotency_key}:send:{next(counter)}",
+                client=ctx.client,
+            )
+
+        listener(
+            Transition(
+                machine=self.name,
+                tenant=ctx.tenant,
+                key=ctx.key,
+                version=payload["version"],
+                reducer=payload["reducer"],
+                prev=clone_json(payload["prev"]),
+                current=clone_json(payload["current"]),
+                data=clone_json(payload["data"]),
+                preferences=self.preferences_for(ctx.tenant),
+                services=self.services,
+                idempotency_key=ctx.idempotency_key,
+                send=send,
+            )
+        )

@@ -1,0 +1,191 @@
+"""The client: settings, database, registry and publisher in one object, and the public calls.
+
+Any process that has the settings can ingest (a Django view, a Flask handler, a script); no worker is
+needed in it. ``default_client()`` builds one from the environment on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from garrison.automations.base import Automation
+from garrison.automations.engine import Engine
+from garrison.automations.registry import Registry
+from garrison.clock import Clock, SystemClock
+from garrison.config import Settings
+from garrison.db import Database
+from garrison.errors import ValidationError
+from garrison.ingest import EventIn, IngestedEvent, validate, write_events
+from garrison.publisher import Publisher
+
+log = logging.getLogger("garrison.client")
+
+__all__ = ["Garrison", "IngestedEvent", "configure", "default_client"]
+
+
+class Garrison:
+    """garrison for one set of settings.
+
+    ``automations`` adds automations to those found in ``settings.automations`` modules; ``publisher``
+    replaces the Celery publisher (tests use it to drop messages); ``clock`` replaces system time.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        automations: Iterable[Automation] = (),
+        publisher: Publisher | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.clock: Clock = clock or SystemClock()
+        self._extra = tuple(automations)
+        self._publisher = publisher
+        self._db: Database | None = None
+        self._registry: Registry | None = None
+        self._lock = threading.Lock()
+
+    # -- lazily built parts -------------------------------------------------------------------
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            with self._lock:
+                if self._db is None:
+                    self._db = Database(self.settings)
+        return self._db
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry.from_modules(self.settings.automations, extra=self._extra)
+        return self._registry
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            from garrison.tasks.publisher import CeleryPublisher
+
+            self._publisher = CeleryPublisher(self.settings)
+        return self._publisher
+
+    @property
+    def engine(self) -> Engine:
+        return Engine(self.db, self.registry, self.clock, self.settings)
+
+    def register(self, *automations: Automation) -> None:
+        for automation in automations:
+            self.registry.add(automation)
+
+    def reset_after_fork(self) -> None:
+        """Drop connections inherited from a parent process (Celery's prefork children call this)."""
+        if self._db is not None:
+            self._db.engine.dispose(close=False)
+
+    def init_db(self) -> None:
+        """Create garrison's tables (``garrison db init``)."""
+        self.db.create_all()
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        name: str,
+        key: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        tenant: str | None = None,
+        idempotency_key: str | None = None,
+        target: str | None = None,
+        system: bool = False,
+    ) -> IngestedEvent:
+        """Store one event and wake the automations that take it.
+
+        The same ``idempotency_key`` twice (per tenant) returns the first event and processes nothing
+        again. ``system=True`` marks an event as bookkeeping (the events seed's flag): it is kept in the log
+        and seen by waits, but it starts no journey run.
+        """
+        event = validate(
+            name, key, data, tenant=tenant or self.settings.tenant, idempotency_key=idempotency_key,
+            target=target, system=system, max_payload_bytes=self.settings.max_payload_bytes,
+        )
+        return self._write([event])[0]
+
+    def ingest_many(self, events: Iterable[Mapping[str, Any]]) -> list[IngestedEvent]:
+        """Store many events in one transaction: all or nothing. Each item is a mapping with the
+        arguments of :meth:`ingest` (``name``, ``key``, ``data``, ``tenant``, ``idempotency_key``...)."""
+        checked: list[EventIn] = []
+        for i, item in enumerate(events):
+            if not isinstance(item, Mapping):
+                raise ValidationError(f"events[{i}] must be a mapping", field=f"events[{i}]")
+            unknown = set(item) - _EVENT_FIELDS
+            if unknown:
+                raise ValidationError(
+                    f"events[{i}] has unknown fields {sorted(unknown)}", field=f"events[{i}].{sorted(unknown)[0]}"
+                )
+            checked.append(
+                validate(
+                    item.get("name"), item.get("key"), item.get("data"),
+                    tenant=item.get("tenant") or self.settings.tenant,
+                    idempotency_key=item.get("idempotency_key"), target=item.get("target"),
+                    system=bool(item.get("system", False)),
+                    max_payload_bytes=self.settings.max_payload_bytes, where=f"events[{i}].",
+                )
+            )
+        return self._write(checked) if checked else []
+
+    def _write(self, events: Sequence[EventIn]) -> list[IngestedEvent]:
+        for attempt in range(3):
+            try:
+                with self.db.session() as s:
+                    results = write_events(s, self.db, events, self.clock.now())
+                break
+            except IntegrityError:
+                # Another process stored one of our idempotency keys between our check and insert:
+                # run again and it is found as a duplicate.
+                if attempt == 2 or not any(e.idempotency_key for e in events):
+                    raise
+        self.wake(results)
+        return results
+
+    def wake(self, results: Iterable[IngestedEvent]) -> None:
+        """Publish work for freshly stored events. Best-effort: the relay covers a lost publish."""
+        by_tenant: dict[str, set[str]] = {}
+        for r in results:
+            if not r.duplicate:
+                by_tenant.setdefault(r.tenant, set()).add(r.key)
+        for tenant, keys in by_tenant.items():
+            try:
+                self.publisher.publish_keys(tenant, sorted(keys))
+            except Exception:  # noqa: BLE001 - the events are committed; the relay will publish them
+                log.warning("publish failed; the relay will pick these keys up", exc_info=True,
+                            extra={"tenant": tenant, "keys": len(keys)})
+
+
+_EVENT_FIELDS = {"name", "key", "data", "tenant", "idempotency_key", "target", "system"}
+
+_default: Garrison | None = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> Garrison:
+    """The process-wide client, built from the environment the first time it is needed."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Garrison()
+    return _default
+
+
+def configure(client: Garrison | None) -> Garrison | None:
+    """Set (or with None, forget) the process-wide client. Returns the previous one."""
+    global _default
+    previous, _default = _default, client
+    return previous

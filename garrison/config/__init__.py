@@ -1,0 +1,5 @@
+"""Settings: the only place in garrison that reads the environment."""
+
+from garrison.config.settings import Settings
+
+__all__ = ["Settings"]

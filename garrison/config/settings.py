@@ -1,0 +1,124 @@
+"""One settings object, read from ``GARRISON_*`` environment variables and passed down.
+
+Defaults need no server at all: a SQLite file and kombu's filesystem transport, both under
+``GARRISON_DATA_DIR`` (``./.garrison``). Production sets ``GARRISON_DATABASE_URL`` to PostgreSQL and
+``GARRISON_BROKER_URL`` to Redis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from garrison.errors import ConfigurationError
+
+PREFIX = "GARRISON_"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything garrison needs to know about where it runs.
+
+    Every field maps to ``GARRISON_<FIELD NAME IN CAPITALS>``; lists are comma separated.
+    """
+
+    data_dir: Path = Path(".garrison")
+    database_url: str = ""
+    broker_url: str = ""
+    tenant: str = "default"
+    automations: tuple[str, ...] = ()
+    max_payload_bytes: int = 256 * 1024
+    # Keys per published ``process`` task, and events read per transaction by the engine.
+    publish_batch: int = 100
+    engine_batch: int = 5000
+    # The relay re-publishes work committed but not dispatched once it is this old.
+    relay_interval: float = 5.0
+    relay_after: float = 5.0
+    effect_redispatch_after: float = 300.0
+    effect_max_retries: int = 8
+    # Timers due within this horizon are also published as ETA tasks (well under visibility_timeout).
+    timer_horizon: float = 600.0
+    broker_visibility_timeout: float = 3600.0
+    sqlite_busy_timeout: float = 60.0
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'garrison.db'}")
+        if not self.broker_url:
+            object.__setattr__(self, "broker_url", "filesystem://")
+        if not self.tenant:
+            raise ConfigurationError("GARRISON_TENANT must not be empty", field="tenant")
+        for name in ("publish_batch", "engine_batch", "max_payload_bytes", "effect_max_retries"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be positive", field=name)
+        if self.timer_horizon >= self.broker_visibility_timeout:
+            raise ConfigurationError(
+                "timer_horizon must be shorter than broker_visibility_timeout, or Redis re-delivers "
+                "ETA tasks while they wait",
+                field="timer_horizon",
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``GARRISON_*`` variables; keyword overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        values["extra"] = {
+            k[len(PREFIX) :].lower(): v
+            for k, v in env.items()
+            if k.startswith(PREFIX) and k[len(PREFIX) :].lower() not in {f.name for f in fields(cls)}
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **overrides)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the filesystem transport keeps its messages (embedded default only)."""
+        return self.data_dir / "broker"
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process (worker, beat)."""
+        env: dict[str, str] = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            env[PREFIX + f.name.upper()] = str(value)
+        return env
+
+
+def _parse(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if "tuple" in kind:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if kind in ("int", "<class 'int'>"):
+            return int(raw)
+        if kind in ("float", "<class 'float'>"):
+            return float(raw)
+        if "Path" in kind:
+            return Path(raw)
+    except ValueError as exc:
+        raise ConfigurationError(f"{PREFIX}{name.upper()}={raw!r} is not valid: {exc}", field=name) from exc
+    return raw

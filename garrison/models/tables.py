@@ -1,0 +1,151 @@
+"""The tables garrison keeps.
+
+- ``Event``: the append-only log. ``seq`` is a per-(tenant, key) sequence handed out under the stream's
+  row lock, so sequence order is commit order for a key (a global id is not: guarantee 2).
+- ``Stream``: the ingest side of a key: the last sequence handed out. Only ingest writes it.
+- ``Cursor``: the worker side of a key: the last sequence applied. Workers lock this row (never the
+  stream's), so an ingest never waits for a worker.
+- ``Entity``: one automation's state for one key, with its version and cursor.
+- ``StateVersion``: the full history of an entity's states, with the message that produced each.
+- ``Effect``: the outbox: side effects written with the state change that caused them.
+- ``Failure``: a message a handler refused by raising, with its traceback, retryable.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from garrison.clock import utcnow
+
+metadata = SQLModel.metadata
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _json(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(JsonType, nullable=nullable))
+
+
+def _when(index: bool = False) -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=index))
+
+
+def _tenant() -> Any:
+    return Field(sa_column=Column(String(64), primary_key=True))
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "garrison_events"
+    __table_args__ = (
+        UniqueConstraint("tenant", "key", "seq", name="uq_garrison_events_key_seq"),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_garrison_events_idempotency"),
+        Index("ix_garrison_events_tenant_name", "tenant", "name"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    tenant: str = Field(sa_column=Column(String(64), nullable=False))
+    key: str = Field(sa_column=Column(String(255), nullable=False))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    name: str = Field(sa_column=Column(String(255), nullable=False))
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JsonType, nullable=False))
+    target: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    idempotency_key: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
+    system: bool = False
+    created_at: datetime = _when()
+
+
+class Stream(SQLModel, table=True):
+    __tablename__ = "garrison_streams"
+
+    tenant: str = _tenant()
+    key: str = Field(sa_column=Column(String(255), primary_key=True))
+    last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = _when(index=True)
+
+
+class Cursor(SQLModel, table=True):
+    __tablename__ = "garrison_cursors"
+
+    tenant: str = _tenant()
+    key: str = Field(sa_column=Column(String(255), primary_key=True))
+    processed_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    updated_at: datetime = _when()
+
+
+class Entity(SQLModel, table=True):
+    __tablename__ = "garrison_entities"
+    __table_args__ = (Index("ix_garrison_entities_automation", "tenant", "automation", "key"),)
+
+    tenant: str = _tenant()
+    key: str = Field(sa_column=Column(String(255), primary_key=True))
+    automation: str = Field(sa_column=Column(String(255), primary_key=True))
+    state: Any = _json()
+    version: int = 0
+    cursor: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    created_at: datetime = _when()
+    updated_at: datetime = _when()
+
+
+class StateVersion(SQLModel, table=True):
+    __tablename__ = "garrison_state_versions"
+
+    tenant: str = _tenant()
+    key: str = Field(sa_column=Column(String(255), primary_key=True))
+    automation: str = Field(sa_column=Column(String(255), primary_key=True))
+    version: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    state: Any = _json()
+    message: str = Field(sa_column=Column(String(255), nullable=False))
+    data: Any = _json()
+    event_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    created_at: datetime = _when()
+
+
+class Effect(SQLModel, table=True):
+    __tablename__ = "garrison_effects"
+    __table_args__ = (Index("ix_garrison_effects_status", "status", "created_at"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    tenant: str = Field(sa_column=Column(String(64), nullable=False))
+    automation: str = Field(sa_column=Column(String(255), nullable=False))
+    key: str = Field(sa_column=Column(String(255), nullable=False))
+    kind: str = Field(sa_column=Column(String(64), nullable=False))
+    payload: Any = _json(nullable=False)
+    # pending: committed, not yet published. dispatched: published. done / failed: finished.
+    status: str = Field(default="pending", sa_column=Column(String(16), nullable=False))
+    attempts: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = _when()
+    dispatched_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    done_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.tenant}:effect:{self.id}"
+
+
+class Failure(SQLModel, table=True):
+    __tablename__ = "garrison_failures"
+    __table_args__ = (Index("ix_garrison_failures_key", "tenant", "key", "status"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    tenant: str = Field(sa_column=Column(String(64), nullable=False))
+    automation: str = Field(sa_column=Column(String(255), nullable=False))
+    key: str = Field(sa_column=Column(String(255), nullable=False))
+    event_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    message: str = Field(sa_column=Column(String(255), nullable=False))
+    error_type: str = Field(sa_column=Column(String(255), nullable=False))
+    error: str = Field(sa_column=Column(Text, nullable=False))
+    traceback: str = Field(default="", sa_column=Column(Text, nullable=False))
+    # failed: waiting for a retry. retried: a retry event was ingested (retry_event_id).
+    status: str = Field(default="failed", sa_column=Column(String(16), nullable=False))
+    retry_event_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    created_at: datetime = _when()

@@ -1,0 +1,26 @@
+"""How committed work reaches a worker. The engine and ingest only see this protocol; the Celery
+implementation lives in ``garrison.tasks``. Publishing is best-effort by design: the relay finds
+anything committed whose message was lost."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class Publisher(Protocol):
+    def publish_keys(self, tenant: str, keys: Sequence[str]) -> None:
+        """Ask a worker to process the pending messages of these keys."""
+
+    def publish_effects(self, tenant: str, effect_ids: Sequence[int]) -> None:
+        """Ask a worker to perform these committed effects."""
+
+
+class NullPublisher:
+    """Publishes nothing: the relay (or an explicit ``run_pending``) picks the work up."""
+
+    def publish_keys(self, tenant: str, keys: Sequence[str]) -> None:
+        return None
+
+    def publish_effects(self, tenant: str, effect_ids: Sequence[int]) -> None:
+        return None

@@ -1,0 +1,70 @@
+"""garrison's Celery tasks: ``celery -A garrison.tasks worker`` and ``celery -A garrison.tasks beat``.
+
+The only package that imports Celery. The app is built from the environment when this module is
+imported, because that is how ``celery -A`` finds an app; everything else takes settings explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init
+
+from garrison.automations.runner import Runner
+from garrison.client import Garrison, configure
+from garrison.config import Settings
+from garrison.tasks.app import create_celery
+from garrison.tasks.publisher import CeleryPublisher
+
+log = logging.getLogger("garrison.tasks")
+
+settings = Settings.from_env()
+app: Celery = create_celery(settings)
+_client: Garrison | None = None
+
+
+def client() -> Garrison:
+    """The worker's client: built on first use in each process, publishing through this app."""
+    global _client
+    if _client is None:
+        _client = Garrison(settings, publisher=CeleryPublisher(settings, app))
+        configure(_client)
+    return _client
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    if _client is not None:
+        _client.reset_after_fork()
+
+
+@app.task(name="garrison.process", acks_late=True, ignore_result=True)
+def process(tenant: str, keys: list[str]) -> dict[str, int]:
+    """Apply the pending messages of these keys."""
+    results = Runner(client()).run_keys(tenant, keys)
+    return {"messages": sum(r.messages for r in results), "failed": sum(r.failed for r in results)}
+
+
+@app.task(name="garrison.effect", bind=True, acks_late=True, ignore_result=True)
+def effect(self: Task, tenant: str, effect_id: int) -> bool:
+    """Perform one committed effect (a listener, a command); retried with exponential backoff."""
+    limit = settings.effect_max_retries
+    final = self.request.retries >= limit
+    try:
+        return Runner(client()).perform_effect(tenant, effect_id, final_attempt=final)
+    except Exception as exc:
+        if final:
+            log.error("effect failed for good", extra={"tenant": tenant, "effect_id": effect_id})
+            raise
+        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 300), max_retries=limit) from exc
+
+
+@app.task(name="garrison.relay", ignore_result=True)
+def relay() -> int:
+    """Re-publish work committed but not dispatched (lost messages, killed workers)."""
+    return Runner(client()).relay().total
+
+
+__all__ = ["app", "client", "effect", "process", "relay"]

@@ -1,0 +1,53 @@
+"""Publishes garrison's work as Celery tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+
+from celery import Celery
+
+from garrison.config import Settings
+
+
+class CeleryPublisher:
+    """Sends ``garrison.process`` (a batch of keys) and ``garrison.effect`` (one effect) tasks."""
+
+    def __init__(self, settings: Settings, app: Celery | None = None) -> None:
+        self.settings = settings
+        self._app = app
+
+    @cached_property
+    def app(self) -> Celery:
+        if self._app is not None:
+            return self._app
+        from garrison.tasks.app import create_celery
+
+        return create_celery(self.settings)
+
+    def publish_keys(self, tenant: str, keys: Sequence[str]) -> None:
+        size = self.settings.publish_batch
+        with self.app.producer_or_acquire() as producer:
+            for start in range(0, len(keys), size):
+                chunk = list(keys[start : start + size])
+                self.app.send_task(
+                    "garrison.process",
+                    args=[tenant, chunk],
+                    argsrepr=_describe(tenant, chunk),
+                    producer=producer,
+                )
+
+    def publish_effects(self, tenant: str, effect_ids: Sequence[int]) -> None:
+        with self.app.producer_or_acquire() as producer:
+            for effect_id in effect_ids:
+                self.app.send_task(
+                    "garrison.effect",
+                    args=[tenant, effect_id],
+                    argsrepr=f"tenant={tenant} effect={effect_id}",
+                    producer=producer,
+                )
+
+
+def _describe(tenant: str, keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} keys)" if len(keys) > 5 else "")
+    return f"tenant={tenant} keys=[{shown}]"

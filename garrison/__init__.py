@@ -4,9 +4,11 @@ Events go to SQL first, Celery carries the work, SQL is the source of truth.
 """
 
 from garrison.automations.base import Automation, Message
+from garrison.automations.loop import Command, CommandContext, Msg, UpdateLoop
 from garrison.automations.machine import Machine, Transition
-from garrison.clock import FrozenClock, SystemClock
+from garrison.automations.replay import Mismatch, ReplayReport
 from garrison.client import Garrison, configure, default_client
+from garrison.clock import FrozenClock, SystemClock
 from garrison.config import Settings
 from garrison.errors import (
     ConfigurationError,
@@ -24,6 +26,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Automation",
+    "Command",
+    "CommandContext",
     "ConfigurationError",
     "DefinitionError",
     "FrozenClock",
@@ -32,13 +36,17 @@ __all__ = [
     "IngestedEvent",
     "Machine",
     "Message",
+    "Mismatch",
+    "Msg",
     "NotFound",
     "PayloadTooLarge",
     "ReplayMismatch",
+    "ReplayReport",
     "Settings",
     "SystemClock",
     "Transition",
     "UnknownAutomation",
+    "UpdateLoop",
     "ValidationError",
     "configure",
     "default_client",

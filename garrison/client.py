@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from garrison.automations.base import Automation
@@ -19,9 +20,12 @@ from garrison.automations.registry import Registry
 from garrison.clock import Clock, SystemClock
 from garrison.config import Settings
 from garrison.db import Database
-from garrison.errors import ValidationError
+from garrison.errors import GarrisonError, NotFound, ValidationError
 from garrison.ingest import EventIn, IngestedEvent, validate, write_events
 from garrison.publisher import Publisher
+
+if TYPE_CHECKING:
+    from garrison.automations.replay import Mismatch, ReplayReport
 
 log = logging.getLogger("garrison.client")
 
@@ -163,9 +167,96 @@ class Garrison:
         for tenant, keys in by_tenant.items():
             try:
                 self.publisher.publish_keys(tenant, sorted(keys))
-            except Exception:  # noqa: BLE001 - the events are committed; the relay will publish them
+            except Exception:
                 log.warning("publish failed; the relay will pick these keys up", exc_info=True,
                             extra={"tenant": tenant, "keys": len(keys)})
+
+
+    # -- reading and operating ----------------------------------------------------------------
+
+    def state(self, automation: str, key: str, *, tenant: str | None = None) -> Any:
+        """The committed state of one entity (None when it has none)."""
+        from garrison.automations.engine import ENTITIES
+
+        tenant = tenant or self.settings.tenant
+        with self.db.session() as s:
+            row = s.execute(
+                select(ENTITIES.c.state).where(
+                    ENTITIES.c.tenant == tenant, ENTITIES.c.automation == automation, ENTITIES.c.key == key
+                )
+            ).first()
+        return None if row is None else row[0]
+
+    def view(self, automation: str, key: str, *, tenant: str | None = None) -> Any:
+        """An update loop's ``view`` of its committed model (the model itself for other styles)."""
+        auto = self.registry.get(automation)
+        state = self.state(automation, key, tenant=tenant)
+        view = getattr(auto, "view", None)
+        return view(state) if callable(view) else state
+
+    def replay(
+        self, automation: str | None = None, key: str | None = None, *, tenant: str | None = None
+    ) -> ReplayReport:
+        """Rebuild entities from the event log with every side effect skipped; report differences."""
+        from garrison.automations.replay import replay
+
+        return replay(self.db, self.registry, tenant or self.settings.tenant, automation, key)
+
+    def check(self, automation: str, key: str, *, tenant: str | None = None) -> list[Mismatch]:
+        """Re-derive each stored version from the previous one: proves the handler deterministic."""
+        from garrison.automations.replay import check
+
+        return check(self.db, self.registry, tenant or self.settings.tenant, automation, key)
+
+    def retry(self, failure_id: int, *, tenant: str | None = None) -> IngestedEvent:
+        """Apply a failed message again, now, to the entity's current state.
+
+        The message is ingested anew for the same automation (so it goes through every guarantee of
+        a fresh event) and the failure is marked ``retried`` with the new event's id.
+        """
+        from garrison.automations.engine import EVENTS, FAILURES
+
+        tenant = tenant or self.settings.tenant
+        with self.db.session() as s:
+            failure = s.execute(
+                select(FAILURES).where(FAILURES.c.tenant == tenant, FAILURES.c.id == failure_id).with_for_update()
+            ).mappings().first()
+            if failure is None:
+                raise NotFound("no such failure", tenant=tenant, failure_id=failure_id)
+            if failure["status"] != "failed":
+                raise GarrisonError(
+                    f"failure {failure_id} is {failure['status']} (event {failure['retry_event_id']})",
+                    tenant=tenant, failure_id=failure_id,
+                )
+            original = s.execute(
+                select(EVENTS.c.data).where(EVENTS.c.tenant == tenant, EVENTS.c.id == failure["event_id"])
+            ).first()
+            event = EventIn(
+                tenant=tenant, name=failure["message"], key=failure["key"],
+                data=original[0] if original else {}, idempotency_key=f"retry:{failure_id}",
+                target=failure["automation"],
+            )
+            [stored] = write_events(s, self.db, [event], self.clock.now())
+            s.execute(
+                update(FAILURES)
+                .where(FAILURES.c.tenant == tenant, FAILURES.c.id == failure_id)
+                .values(status="retried", retry_event_id=stored.id)
+            )
+        self.wake([stored])
+        return stored
+
+    def failures(
+        self, *, tenant: str | None = None, automation: str | None = None, status: str = "failed"
+    ) -> list[int]:
+        """Ids of failures (oldest first), for ``garrison retry --all``."""
+        from garrison.automations.engine import FAILURES
+
+        tenant = tenant or self.settings.tenant
+        query = select(FAILURES.c.id).where(FAILURES.c.tenant == tenant, FAILURES.c.status == status)
+        if automation:
+            query = query.where(FAILURES.c.automation == automation)
+        with self.db.session() as s:
+            return list(s.execute(query.order_by(FAILURES.c.id)).scalars())
 
 
 _EVENT_FIELDS = {"name", "key", "data", "tenant", "idempotency_key", "target", "system"}

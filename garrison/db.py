@@ -20,7 +20,6 @@ from sqlmodel import Session
 from garrison.config import Settings
 from garrison.models import metadata
 
-
 UPSERT_CHUNK = 500
 
 
@@ -47,9 +46,8 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed when the block succeeds, rolled back otherwise."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            with session.begin():
-                yield session
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
 
     def upsert(
         self,

@@ -19,7 +19,7 @@ from sqlmodel import Session
 from garrison.clock import as_utc
 from garrison.db import Database
 from garrison.errors import PayloadTooLarge, ValidationError
-from garrison.models import Event, Stream
+from garrison.models import EVENTS, STREAMS
 
 MAX_NAME = 255
 MAX_TENANT = 64
@@ -141,10 +141,10 @@ def _write_tenant(
     idem_keys = {events[i].idempotency_key for i in indexes if events[i].idempotency_key}
     seen: dict[str, IngestedEvent] = {}
     if idem_keys:
-        rows = session.execute(
-            select(Event.__table__).where(Event.tenant == tenant, Event.idempotency_key.in_(idem_keys))  # type: ignore[union-attr,attr-defined]
+        found = session.execute(
+            select(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.in_(idem_keys))
         ).mappings()
-        for row in rows:
+        for row in found:
             seen[row["idempotency_key"]] = _from_row(row, duplicate=True)
 
     fresh: list[int] = []
@@ -165,17 +165,16 @@ def _write_tenant(
             counts[events[i].key] = counts.get(events[i].key, 0) + 1
         # Sorted keys: concurrent batches lock stream rows in the same order, so they cannot deadlock.
         keys = sorted(counts)
-        streams = Stream.__table__
         returned = db.execute_upsert(
             session,
-            streams,  # type: ignore[arg-type]
+            STREAMS,
             [{"tenant": tenant, "key": k, "last_seq": counts[k], "updated_at": now} for k in keys],
             ["tenant", "key"],
-            update={"last_seq": lambda ex: streams.c.last_seq + ex.last_seq, "updated_at": now},  # type: ignore[attr-defined]
-            returning=(streams.c.key, streams.c.last_seq),  # type: ignore[attr-defined]
+            update={"last_seq": lambda ex: STREAMS.c.last_seq + ex.last_seq, "updated_at": now},
+            returning=(STREAMS.c.key, STREAMS.c.last_seq),
         )
         next_seq = {k: last - counts[k] + 1 for k, last in returned}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for i in fresh:
             e = events[i]
             seq = next_seq[e.key]
@@ -193,12 +192,9 @@ def _write_tenant(
                     "created_at": now,
                 }
             )
-        table = Event.__table__
-        ids = session.execute(
-            insert(table).returning(table.c.id, sort_by_parameter_order=True), rows  # type: ignore[attr-defined]
-        ).scalars().all()
-        for i, row, event_id in zip(fresh, rows, ids, strict=True):
-            results[i] = IngestedEvent(id=event_id, **{k: row[k] for k in _FIELDS}, created_at=now)
+        ids = session.execute(insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True), rows).scalars().all()
+        for i, values, event_id in zip(fresh, rows, ids, strict=True):
+            results[i] = IngestedEvent(id=event_id, **{k: values[k] for k in _FIELDS}, created_at=now)
     for i in indexes:
         if results[i] is None:
             first = results[first_in_batch[events[i].idempotency_key]]  # type: ignore[index]
@@ -209,7 +205,7 @@ def _write_tenant(
 _FIELDS = ("tenant", "key", "seq", "name", "data", "target", "idempotency_key")
 
 
-def _from_row(row: Mapping[str, Any], duplicate: bool) -> IngestedEvent:
+def _from_row(row: Any, duplicate: bool) -> IngestedEvent:
     return IngestedEvent(
         id=row["id"],
         **{k: row[k] for k in _FIELDS},

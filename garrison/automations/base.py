@@ -58,11 +58,16 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class ApplyContext:
-    """What a handler may know besides state and message. ``replay`` is True when rebuilding."""
+    """What a handler may know besides state and message.
+
+    ``now`` is when the message was ingested (so a replay sees the same time); ``version`` is the
+    entity's stored version (0: no snapshot yet); ``replay`` is True when rebuilding from the log.
+    """
 
     tenant: str
     key: str
     now: datetime
+    version: int = 0
     replay: bool = False
 
 

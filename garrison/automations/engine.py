@@ -15,24 +15,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, func, insert, select, update
 
 from garrison.automations.base import JSON, ApplyContext, Message
 from garrison.automations.registry import Registry
 from garrison.clock import Clock, as_utc
 from garrison.config import Settings
 from garrison.db import Database
-from garrison.models import Cursor, Effect, Entity, Event, Failure, StateVersion, Stream
+from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, STREAMS, VERSIONS
 
 log = logging.getLogger("garrison.engine")
 
-EVENTS = Event.__table__
-STREAMS = Stream.__table__
-CURSORS = Cursor.__table__
-ENTITIES = Entity.__table__
-VERSIONS = StateVersion.__table__
-EFFECTS = Effect.__table__
-FAILURES = Failure.__table__
+__all__ = ["CURSORS", "EFFECTS", "ENTITIES", "EVENTS", "FAILURES", "STREAMS", "VERSIONS", "BatchResult", "Engine"]
 
 
 @dataclass(slots=True)
@@ -75,7 +69,7 @@ class Engine:
         with self.db.session() as s:
             self.db.execute_upsert(
                 s,
-                CURSORS,  # type: ignore[arg-type]
+                CURSORS,
                 [{"tenant": tenant, "key": k, "processed_seq": 0, "updated_at": now} for k in keys],
                 ["tenant", "key"],
             )
@@ -119,7 +113,9 @@ class Engine:
                     result.applied += 1
                     try:
                         outcome = automation.apply(
-                            slot.state, message, ApplyContext(tenant=tenant, key=row.key, now=now)
+                            slot.state,
+                            message,
+                            ApplyContext(tenant=tenant, key=row.key, now=message.created_at, version=slot.version),
                         )
                     except Exception as exc:  # noqa: BLE001 - a handler's error is data (guarantee 7)
                         result.failed += 1
@@ -135,16 +131,15 @@ class Engine:
                             "traceback": traceback.format_exc(), "status": "failed", "created_at": now,
                         })
                         continue
-                    if not outcome.changed:
-                        continue
-                    result.changed += 1
-                    slot.version += 1
-                    slot.state = outcome.state
-                    versions.append({
-                        "tenant": tenant, "key": row.key, "automation": automation.name,
-                        "version": slot.version, "state": outcome.state, "message": outcome.label,
-                        "data": row.data, "event_id": row.id, "seq": row.seq, "created_at": now,
-                    })
+                    if outcome.changed:
+                        result.changed += 1
+                        slot.version += 1
+                        slot.state = outcome.state
+                        versions.append({
+                            "tenant": tenant, "key": row.key, "automation": automation.name,
+                            "version": slot.version, "state": outcome.state, "message": outcome.label,
+                            "data": row.data, "event_id": row.id, "seq": row.seq, "created_at": now,
+                        })
                     for spec in outcome.effects:
                         effects.append({
                             "tenant": tenant, "automation": automation.name, "key": row.key,
@@ -181,7 +176,7 @@ class Engine:
         ]
         if entity_rows:
             self.db.execute_upsert(
-                s, ENTITIES, entity_rows, ["tenant", "key", "automation"],  # type: ignore[arg-type]
+                s, ENTITIES, entity_rows, ["tenant", "key", "automation"],
                 update={
                     "state": lambda ex: ex.state, "version": lambda ex: ex.version,
                     "cursor": lambda ex: ex.cursor, "updated_at": lambda ex: ex.updated_at,
@@ -208,20 +203,17 @@ class Engine:
         if not keys:
             return []
         with self.db.session() as s:
-            return list(
-                s.execute(
-                    select(STREAMS.c.key)
-                    .outerjoin(CURSORS, and_(CURSORS.c.tenant == STREAMS.c.tenant, CURSORS.c.key == STREAMS.c.key))
-                    .where(
-                        STREAMS.c.tenant == tenant,
-                        STREAMS.c.key.in_(keys),
-                        STREAMS.c.last_seq > _processed(),
-                    )
-                ).scalars()
-            )
+            return list(s.execute(pending_keys(tenant).where(STREAMS.c.key.in_(keys))).scalars())
 
 
-def _processed() -> Any:
-    from sqlalchemy import func
+def pending_keys(tenant: str) -> Select[tuple[str]]:
+    """Keys of a tenant with messages committed but not yet applied (stream ahead of cursor)."""
+    return (
+        select(STREAMS.c.key)
+        .outerjoin(CURSORS, and_(CURSORS.c.tenant == STREAMS.c.tenant, CURSORS.c.key == STREAMS.c.key))
+        .where(STREAMS.c.tenant == tenant, STREAMS.c.last_seq > processed_seq())
+    )
 
+
+def processed_seq() -> ColumnElement[int]:
     return func.coalesce(CURSORS.c.processed_seq, 0)

@@ -173,7 +173,9 @@ class Machine(Automation):
         return message.name in self.on
 
     def reducer_for(self, message: Message) -> str:
-        return message.name if message.target is not None else self.on[message.name]
+        if message.target is not None and message.name in self.reducers:
+            return message.name
+        return self.on.get(message.name, message.name)
 
     def apply(self, state: JSON, message: Message, ctx: ApplyContext) -> Outcome:
         label = self.reducer_for(message)

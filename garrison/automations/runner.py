@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, exists, or_, select, update
 
 from garrison.automations.base import EffectContext, EffectSpec
-from garrison.automations.engine import CURSORS, EFFECTS, EVENTS, STREAMS, BatchResult
+from garrison.automations.engine import EFFECTS, EVENTS, STREAMS, BatchResult, pending_keys, processed_seq
 from garrison.client import Garrison
 from garrison.errors import NotFound
 
@@ -57,7 +57,7 @@ class Runner:
             return
         try:
             self.client.publisher.publish_effects(tenant, effect_ids)
-        except Exception:  # noqa: BLE001 - committed effects stay pending; the relay re-publishes them
+        except Exception:
             log.warning("effect publish failed", exc_info=True, extra={"tenant": tenant})
             return
         now = self.client.clock.now()
@@ -119,23 +119,14 @@ class Runner:
         with db.session() as s:
             # The one query that spans tenants: it reads tenant names only, to scope everything after.
             tenants = set(s.execute(select(STREAMS.c.tenant).distinct()).scalars())
-            tenants |= set(
-                s.execute(select(EFFECTS.c.tenant).where(EFFECTS.c.status.in_(("pending", "dispatched"))).distinct()).scalars()
-            )
+            unfinished = EFFECTS.c.status.in_(("pending", "dispatched"))
+            tenants |= set(s.execute(select(EFFECTS.c.tenant).where(unfinished).distinct()).scalars())
             for tenant in sorted(tenants):
-                processed = func.coalesce(CURSORS.c.processed_seq, 0)
                 next_is_old = exists().where(
                     EVENTS.c.tenant == tenant, EVENTS.c.key == STREAMS.c.key,
-                    EVENTS.c.seq == processed + 1, EVENTS.c.created_at < cutoff,
+                    EVENTS.c.seq == processed_seq() + 1, EVENTS.c.created_at < cutoff,
                 )
-                keys = list(
-                    s.execute(
-                        select(STREAMS.c.key)
-                        .outerjoin(CURSORS, and_(CURSORS.c.tenant == STREAMS.c.tenant, CURSORS.c.key == STREAMS.c.key))
-                        .where(STREAMS.c.tenant == tenant, STREAMS.c.last_seq > processed, next_is_old)
-                        .limit(limit)
-                    ).scalars()
-                )
+                keys = list(s.execute(pending_keys(tenant).where(next_is_old).limit(limit)).scalars())
                 ids = list(
                     s.execute(
                         select(EFFECTS.c.id)
@@ -177,14 +168,7 @@ class Runner:
         total = 0
         while True:
             with self.client.db.session() as s:
-                keys = list(
-                    s.execute(
-                        select(STREAMS.c.key)
-                        .outerjoin(CURSORS, and_(CURSORS.c.tenant == STREAMS.c.tenant, CURSORS.c.key == STREAMS.c.key))
-                        .where(STREAMS.c.tenant == tenant, STREAMS.c.last_seq > func.coalesce(CURSORS.c.processed_seq, 0))
-                        .limit(self.client.settings.publish_batch)
-                    ).scalars()
-                )
+                keys = list(s.execute(pending_keys(tenant).limit(self.client.settings.publish_batch)).scalars())
                 effect_ids = list(
                     s.execute(
                         select(EFFECTS.c.id)

@@ -14,9 +14,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Table, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -149,3 +149,17 @@ class Failure(SQLModel, table=True):
     status: str = Field(default="failed", sa_column=Column(String(16), nullable=False))
     retry_event_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     created_at: datetime = _when()
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+# Core tables, for the bulk statements of ingest and the engine (no per-row model objects there).
+EVENTS = _table(Event)
+STREAMS = _table(Stream)
+CURSORS = _table(Cursor)
+ENTITIES = _table(Entity)
+VERSIONS = _table(StateVersion)
+EFFECTS = _table(Effect)
+FAILURES = _table(Failure)

@@ -1,0 +1,176 @@
+"""Update loops, after go-state: ``init`` / ``update`` / optional ``view``, commands as side effects.
+
+``init() -> (model, commands)`` runs only when an entity has no snapshot yet (go-state's Aggregate
+mode: a loaded snapshot skips init's commands). ``update(model, message) -> (model, commands)`` runs
+for each message in order. A command is data (``loop.cmd("fetch", 42)``) naming a function registered
+with ``@loop.command``; it runs after commit, and the messages it returns are ingested back for the
+same key, in order. ``None`` messages and commands are ignored. The snapshot is written only when
+``update`` succeeds; a replay re-applies the log with every command skipped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from garrison.automations.base import (
+    JSON,
+    ApplyContext,
+    Automation,
+    EffectContext,
+    EffectSpec,
+    Message,
+    Outcome,
+    clone_json,
+    ensure_json,
+    json_equal,
+)
+from garrison.errors import DefinitionError
+
+if TYPE_CHECKING:
+    from garrison.client import Garrison
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A side effect as data: the name of a registered command function and its JSON arguments."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Msg:
+    """A message a command feeds back into the loop."""
+
+    name: str
+    data: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    tenant: str
+    key: str
+    idempotency_key: str
+    client: Garrison
+
+
+Init = Callable[[], tuple[JSON, Any]]
+Update = Callable[[JSON, Message], tuple[JSON, Any]]
+View = Callable[[JSON], Any]
+CommandFn = Callable[..., Any]
+
+
+class UpdateLoop(Automation):
+    """An Elm-style update loop.
+
+    ::
+
+        def init():
+            return {"seen": 0}, None
+
+        def update(model, msg):
+            model["seen"] += 1
+            return model, [loop.cmd("notify", msg.data["user"])]
+
+        loop = UpdateLoop("visits", init=init, update=update, on=["app/page.*"])
+
+        @loop.command
+        def notify(ctx, user):
+            return Msg("notified", {"user": user})
+    """
+
+    style = "loop"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        init: Init,
+        update: Update,
+        view: View | None = None,
+        on: Iterable[str] = (),
+    ) -> None:
+        super().__init__(name)
+        if not callable(init) or not callable(update):
+            raise DefinitionError("an update loop needs callable init and update", automation=name)
+        if view is not None and not callable(view):
+            raise DefinitionError("view must be callable", automation=name, part="view")
+        self.init = init
+        self.update = update
+        self.view_fn = view
+        self.on = tuple(on)
+        self.commands: dict[str, CommandFn] = {}
+
+    def command(self, fn: CommandFn | None = None, *, name: str | None = None) -> Any:
+        """Register a command function ``fn(ctx: CommandContext, *args) -> Msg | list[Msg] | None``."""
+
+        def register(f: CommandFn) -> CommandFn:
+            label = name or f.__name__
+            if label in self.commands:
+                raise DefinitionError(f"command {label!r} is defined twice", automation=self.name, part=label)
+            self.commands[label] = f
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def cmd(self, name: str, *args: Any) -> Command:
+        if name not in self.commands:
+            raise DefinitionError(f"no command {name!r}", automation=self.name, part=name)
+        return Command(name, args)
+
+    def view(self, model: JSON) -> Any:
+        return model if self.view_fn is None else self.view_fn(clone_json(model))
+
+    def accepts(self, message: Message) -> bool:
+        if message.target is not None:
+            return message.target == self.name
+        return any(fnmatch.fnmatchcase(message.name, pattern) for pattern in self.on)
+
+    def apply(self, state: JSON, message: Message, ctx: ApplyContext) -> Outcome:
+        commands: list[Command] = []
+        if ctx.version == 0 and state is None:
+            model, cmds = self.init()
+            commands += _commands(cmds, self.name)
+        else:
+            model = clone_json(state)
+        model, cmds = self.update(model, message)
+        commands += _commands(cmds, self.name)
+        model = ensure_json(model, f"the model returned by {self.name}.update")
+        effects = [
+            EffectSpec("command", {"command": c.name, "args": ensure_json(list(c.args), f"command {c.name} args")})
+            for c in commands
+        ]
+        changed = ctx.version == 0 or not json_equal(model, state)
+        return Outcome(state=model, changed=changed, label=message.name, effects=effects)
+
+    def perform(self, effect: EffectSpec, ctx: EffectContext) -> None:
+        if effect.kind != "command":
+            super().perform(effect, ctx)
+        name = effect.payload["command"]
+        fn = self.commands.get(name)
+        if fn is None:
+            raise LookupError(f"update loop {self.name!r} has no command {name!r}")
+        result = fn(CommandContext(ctx.tenant, ctx.key, ctx.idempotency_key, ctx.client), *effect.payload["args"])
+        items = [] if result is None else (list(result) if isinstance(result, list | tuple) else [result])
+        events = []
+        for i, item in enumerate(m for m in items if m is not None):
+            msg = item if isinstance(item, Msg) else Msg(item["name"], item.get("data"))
+            events.append({
+                "name": msg.name, "key": ctx.key, "data": dict(msg.data or {}), "tenant": ctx.tenant,
+                "target": self.name, "idempotency_key": f"{ctx.idempotency_key}:msg:{i}",
+            })
+        if events:
+            ctx.client.ingest_many(events)
+
+
+def _commands(cmds: Any, name: str) -> list[Command]:
+    if cmds is None:
+        return []
+    items = [cmds] if isinstance(cmds, Command) else list(cmds)
+    for c in items:
+        if c is not None and not isinstance(c, Command):
+            raise TypeError(f"{name}: a command must be made with loop.cmd(...), not {type(c).__name__}")
+    return [c for c in items if c is not None]

@@ -1,0 +1,41 @@
+"""An update loop (go-state style) for the tests: a cart that asks a command for prices."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from garrison.automations.base import Message
+from garrison.automations.loop import CommandContext, Msg, UpdateLoop
+
+
+def init() -> tuple[Any, Any]:
+    return {"items": [], "total": 0, "inits": 1}, None
+
+
+def update(model: Any, msg: Message) -> tuple[Any, Any]:
+    if msg.name == "cart/add":
+        model["items"].append(msg.data["sku"])
+        return model, [cart.cmd("price", msg.data["sku"]), None]
+    if msg.name == "priced":
+        model["total"] += msg.data["price"]
+        return model, None
+    if msg.name == "explode":
+        raise RuntimeError("update refused")
+    return model, None
+
+
+def view(model: Any) -> Any:
+    return f"{len(model['items'])} items, total {model['total']}"
+
+
+cart = UpdateLoop("cart", init=init, update=update, view=view, on=["cart/*"])
+
+
+@cart.command
+def price(ctx: CommandContext, sku: str) -> Any:
+    path = os.environ.get("GARRISON_TEST_COMMAND_LOG")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(f"{ctx.key}:{sku}\n")
+    return [Msg("priced", {"sku": sku, "price": len(sku)}), None]

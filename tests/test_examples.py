@@ -1,0 +1,47 @@
+"""The examples are runnable and do what they say: run offline here, and as a user runs them."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from garrison.client import Garrison
+from tests.harness import ROOT
+
+EXAMPLES = ROOT / "examples"
+START = 1_700_000_000.0
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_support_inquiry_example_times_out_the_silent_person_and_emails_support_once(offline: Garrison) -> None:
+    example = load("support_inquiry")
+    result = example.main(offline, start=START)
+    assert result["states"] == {
+        "12344": {"status": "timeout", "name": "ryan", "when": START},
+        "12345": {"status": "responded", "name": "ana", "when": START},
+    }
+    assert result["emails"] == [("bob@help.com", "The person ryan has not responded")]
+    assert offline.replay("inquiry").ok
+
+
+def test_the_support_inquiry_example_runs_as_a_script_with_nothing_else_running(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GARRISON_")}
+    env["GARRISON_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "support_inquiry.py")], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("email to bob@help.com: The person ryan has not responded") == 1
+    assert "12345: {'status': 'responded'" in done.stdout

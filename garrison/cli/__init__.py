@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from garrison.cli.commands import cli
 from garrison.cli.operate import register
 
@@ -9,6 +12,11 @@ register(cli)
 
 
 def main() -> None:
+    # As with ``python -m``: the project in the current directory is importable, so the modules named
+    # in GARRISON_AUTOMATIONS are found by `garrison ingest` and by `garrison worker` and its children.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     cli(prog_name="garrison")
 
 

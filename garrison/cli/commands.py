@@ -83,6 +83,10 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
 class _EchoHandler(logging.Handler):
     """Warnings (a broker that is down, say) as one line on stderr each, without a traceback."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        # kombu warns that ``filesystem://`` (the embedded default) names no host; that transport needs none.
+        return not (record.name == "kombu.connection" and record.getMessage().startswith("No hostname"))
+
     def emit(self, record: logging.LogRecord) -> None:
         error = f" ({record.exc_info[1]!r})" if record.exc_info and record.exc_info[1] else ""
         click.echo(f"{record.levelname.lower()}: {record.getMessage()}{error}", err=True)

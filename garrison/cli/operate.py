@@ -85,7 +85,8 @@ def replay(
         }, indent=2, sort_keys=True))
     else:
         verdict = "every stored state reproduced" if report.ok else f"{len(report.mismatches)} mismatched"
-        click.echo(f"checked {report.entities} entities, {report.events} events: {verdict}")
+        summary = f"{_count(report.entities, 'entity', 'entities')}, {_count(report.events, 'event')}"
+        click.echo(f"checked {summary}: {verdict}")
         for m in report.mismatches:
             click.echo(_mismatch_line(m))
         for name in checked:
@@ -96,6 +97,10 @@ def replay(
             click.echo(_mismatch_line(m))
     if mismatches:
         raise click.exceptions.Exit(1)
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def _mismatch_line(m: Mismatch) -> str:

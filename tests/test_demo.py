@@ -47,10 +47,8 @@ def test_the_demo_emails_support_once_about_the_person_who_timed_out_and_never_a
     assert any("alice  v2  inquired -> responded  (respond)" in line for line in lines)
     assert not any(line.endswith("(checkTimeout)") and "alice" in line for line in lines)
     assert "$ garrison inspect ryan" in lines and "key 'ryan'  tenant 'default'" in lines
-    assert lines[-2:] == [
-        "result: ryan timeout, alice responded; emails about Ryan: 1, about Alice: 0",
-        "worker stopped (exit code 0)",
-    ]
+    assert "result: ryan timeout, alice responded; emails about Ryan: 1, about Alice: 0" in lines
+    assert lines[-1] == "worker stopped (exit code 0)"
     assert [e["message"] for e in (_mailbox(directory))] == ["The person Ryan has not responded"]
     assert took < 40, f"the demo took {took:.1f}s"
 

@@ -234,5 +234,8 @@ def _story(client: Garrison, log: Log, worker: Worker) -> int:
     to_alice = [e for e in watcher.emails if "Alice" in e["message"]]
     out(f"\nresult: ryan {watcher.status('ryan')}, alice {watcher.status('alice')}; "
         f"emails about Ryan: {len(to_ryan)}, about Alice: {len(to_alice)}")
+    directory = client.settings.data_dir
+    out(f"mailbox: {directory / 'mailbox.jsonl'}  worker log: {directory / 'worker.log'}")
+    out(f"look further: GARRISON_DATA_DIR={directory} garrison inspect alice")
     ok = (len(to_ryan), len(to_alice)) == (1, 0) and watcher.status("ryan") == "timeout"
     return 0 if ok and watcher.status("alice") == "responded" else 1

@@ -4,7 +4,7 @@
 
 runs without any worker or server: it stores the events in ./.garrison (SQLite) and applies them in this
 process. In production the same machine runs on workers: name this module in GARRISON_AUTOMATIONS, start
-`garrison worker`, and drop the inline `Runner` below (send and pulse stay as they are).
+`garrison worker`, and drop the inline `client.run_pending()` below (send and pulse stay as they are).
 
 Two things differ from casern's README, on purpose:
 - casern marks a timeout when `state.when + timeoutAfter > now`, which is backwards; this says
@@ -19,9 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from garrison import Garrison, Machine, Settings, Transition
-from garrison.automations.runner import Runner
-from garrison.publisher import NullPublisher
+from garrison import Garrison, Machine, NullPublisher, Settings, Transition
 
 OUTBOX: list[tuple[str, str]] = []
 
@@ -84,7 +82,7 @@ def main(client: Garrison | None = None, *, start: float | None = None) -> dict[
     for second in range(1, 13):
         for key in people:
             inquiry.send("checkTimeout", key, {"now": start + second}, client=client)
-    Runner(client).run_pending()
+    client.run_pending()
 
     states = {key: client.state("inquiry", key) for key in people}
     for key, state in states.items():

@@ -21,6 +21,7 @@ from garrison.errors import (
     ValidationError,
 )
 from garrison.ingest import IngestedEvent
+from garrison.publisher import NullPublisher, Publisher
 
 __version__ = "0.1.0"
 
@@ -39,7 +40,9 @@ __all__ = [
     "Mismatch",
     "Msg",
     "NotFound",
+    "NullPublisher",
     "PayloadTooLarge",
+    "Publisher",
     "ReplayMismatch",
     "ReplayReport",
     "Settings",

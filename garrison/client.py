@@ -174,6 +174,13 @@ class Garrison:
 
     # -- reading and operating ----------------------------------------------------------------
 
+    def run_pending(self, tenant: str | None = None, *, effects: bool = True) -> int:
+        """Apply every pending message of a tenant in this process, with no worker, and perform the
+        effects inline. For scripts, tests and notebooks; production leaves this to the workers."""
+        from garrison.automations.runner import Runner
+
+        return Runner(self).run_pending(tenant, effects=effects)
+
     def state(self, automation: str, key: str, *, tenant: str | None = None) -> Any:
         """The committed state of one entity (None when it has none)."""
         from garrison.automations.engine import ENTITIES

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Iterable, Iterator
 
 from garrison.automations.base import Automation, Message
@@ -22,6 +24,9 @@ class Registry:
     def from_modules(cls, modules: Iterable[str], extra: Iterable[Automation] = ()) -> Registry:
         """Import each module and register every automation defined at its top level."""
         registry = cls(extra)
+        # Like ``celery -A``: a project's own modules import from the directory it is started in.
+        if modules and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
         for path in modules:
             try:
                 module = importlib.import_module(path)

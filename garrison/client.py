@@ -92,6 +92,14 @@ class Garrison:
         if self._db is not None:
             self._db.engine.dispose(close=False)
 
+    def tenant_of(self, tenant: str | None) -> str:
+        """The tenant a call acts for: the one given, else the default. An empty one is refused."""
+        if tenant is None:
+            return self.settings.tenant
+        if not isinstance(tenant, str) or not tenant.strip():
+            raise ValidationError("tenant must be a non-empty string", field="tenant")
+        return tenant
+
     def init_db(self) -> None:
         """Create garrison's tables (``garrison db init``)."""
         self.db.create_all()
@@ -116,7 +124,7 @@ class Garrison:
         and seen by waits, but it starts no journey run.
         """
         event = validate(
-            name, key, data, tenant=tenant or self.settings.tenant, idempotency_key=idempotency_key,
+            name, key, data, tenant=self.tenant_of(tenant), idempotency_key=idempotency_key,
             target=target, system=system, max_payload_bytes=self.settings.max_payload_bytes,
         )
         return self._write([event])[0]
@@ -136,7 +144,7 @@ class Garrison:
             checked.append(
                 validate(
                     item.get("name"), item.get("key"), item.get("data"),
-                    tenant=item.get("tenant") or self.settings.tenant,
+                    tenant=self.settings.tenant if item.get("tenant") is None else item["tenant"],
                     idempotency_key=item.get("idempotency_key"), target=item.get("target"),
                     system=bool(item.get("system", False)),
                     max_payload_bytes=self.settings.max_payload_bytes, where=f"events[{i}].",
@@ -185,7 +193,7 @@ class Garrison:
         """The committed state of one entity (None when it has none)."""
         from garrison.automations.engine import ENTITIES
 
-        tenant = tenant or self.settings.tenant
+        tenant = self.tenant_of(tenant)
         with self.db.session() as s:
             row = s.execute(
                 select(ENTITIES.c.state).where(
@@ -207,13 +215,13 @@ class Garrison:
         """Rebuild entities from the event log with every side effect skipped; report differences."""
         from garrison.automations.replay import replay
 
-        return replay(self.db, self.registry, tenant or self.settings.tenant, automation, key)
+        return replay(self.db, self.registry, self.tenant_of(tenant), automation, key)
 
     def check(self, automation: str, key: str, *, tenant: str | None = None) -> list[Mismatch]:
         """Re-derive each stored version from the previous one: proves the handler deterministic."""
         from garrison.automations.replay import check
 
-        return check(self.db, self.registry, tenant or self.settings.tenant, automation, key)
+        return check(self.db, self.registry, self.tenant_of(tenant), automation, key)
 
     def retry(self, failure_id: int, *, tenant: str | None = None) -> IngestedEvent:
         """Apply a failed message again, now, to the entity's current state.
@@ -223,7 +231,7 @@ class Garrison:
         """
         from garrison.automations.engine import EVENTS, FAILURES
 
-        tenant = tenant or self.settings.tenant
+        tenant = self.tenant_of(tenant)
         with self.db.session() as s:
             failure = s.execute(
                 select(FAILURES).where(FAILURES.c.tenant == tenant, FAILURES.c.id == failure_id).with_for_update()
@@ -258,7 +266,7 @@ class Garrison:
         """Ids of failures (oldest first), for ``garrison retry --all``."""
         from garrison.automations.engine import FAILURES
 
-        tenant = tenant or self.settings.tenant
+        tenant = self.tenant_of(tenant)
         query = select(FAILURES.c.id).where(FAILURES.c.tenant == tenant, FAILURES.c.status == status)
         if automation:
             query = query.where(FAILURES.c.automation == automation)

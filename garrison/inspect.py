@@ -144,7 +144,7 @@ def inspect_key(
 ) -> KeyReport:
     """Read the state, the last ``history`` versions, the pending messages, the failures and the effects
     of ``key`` (of one ``automation``, or all of them) for ``tenant`` (the settings' tenant by default)."""
-    tenant = tenant or client.settings.tenant
+    tenant = client.tenant_of(tenant)
     report = KeyReport(tenant=tenant, key=key)
     with client.db.session() as s:
         report.last_seq = s.execute(

@@ -81,10 +81,6 @@ def test_each_invalid_argument_is_refused_with_its_field_and_writes_nothing(
     assert Runner(offline).run_pending() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py turns tenant='' into the default tenant (`tenant or settings.tenant`) instead of refusing it",
-)
 def test_an_empty_tenant_is_refused_rather_than_written_to_the_default_tenant(offline: Garrison) -> None:
     with pytest.raises(ValidationError) as info:
         offline.ingest("add", "k1", {"n": 1}, tenant="", target="counter")

@@ -163,7 +163,7 @@ class Runner:
     def run_pending(self, tenant: str | None = None, *, effects: bool = True) -> int:
         """Without any worker: apply every pending message of a tenant and perform its effects inline,
         until nothing is left. Returns the number of messages applied. For tests, scripts and replay."""
-        tenant = tenant or self.client.settings.tenant
+        tenant = self.client.tenant_of(tenant)
         engine = self.client.engine
         total = 0
         while True:

@@ -27,12 +27,12 @@ services:
 
 ## Lint, type-check, then run the whole suite against PostgreSQL + Redis and against SQLite.
 test: $(VENV)/.installed-test services
-	$(BIN)/ruff check garrison tests examples benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check garrison tests examples benchmarks
+	$(BIN)/ruff check .
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy

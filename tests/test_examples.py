@@ -45,3 +45,10 @@ def test_the_support_inquiry_example_runs_as_a_script_with_nothing_else_running(
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("email to bob@help.com: The person ryan has not responded") == 1
     assert "12345: {'status': 'responded'" in done.stdout
+
+
+def test_the_cart_loop_example_prices_known_items_through_its_command(offline: Garrison) -> None:
+    example = load("cart_loop")
+    assert example.main(offline) == "4 items, total 16"
+    assert offline.state("cart", "user-1") == {"items": ["apple", "kiwi", "durian", "melon"], "total": 16}
+    assert offline.replay("cart").ok

@@ -18,22 +18,6 @@ from tests.apps.flaky import flaky
 from tests.harness import WorkerProcess, wait_until
 
 
-@pytest.fixture
-def worker(worker: Callable[..., WorkerProcess]) -> Iterator[Callable[..., WorkerProcess]]:
-    """conftest's real workers, SIGKILLed at the end: the test's data is thrown away, so there is nothing a
-    warm shutdown (seconds on the filesystem transport) would save."""
-    started: list[WorkerProcess] = []
-
-    def start(settings: Settings, **kwargs: Any) -> WorkerProcess:
-        proc = worker(settings, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
-
-
 def failures(client: Garrison) -> list[dict[str, Any]]:
     with client.db.session() as s:
         return [dict(r) for r in s.execute(select(FAILURES).order_by(FAILURES.c.id)).mappings()]

@@ -8,10 +8,9 @@ import itertools
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 
 from garrison.automations.runner import Runner
@@ -22,22 +21,6 @@ from garrison.models import ENTITIES, EVENTS, FAILURES, VERSIONS
 from garrison.publisher import NullPublisher
 from tests.apps.counter import counter
 from tests.harness import WorkerProcess, wait_until
-
-
-@pytest.fixture
-def worker(worker: Callable[..., WorkerProcess]) -> Iterator[Callable[..., WorkerProcess]]:
-    """conftest's real workers, SIGKILLed at the end: the test's data is thrown away, so there is nothing a
-    warm shutdown (seconds on the filesystem transport) would save."""
-    started: list[WorkerProcess] = []
-
-    def start(settings: Settings, **kwargs: Any) -> WorkerProcess:
-        proc = worker(settings, **kwargs)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.kill()
 
 
 def event(client: Garrison, key: str, source: str, n: int) -> EventIn:

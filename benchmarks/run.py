@@ -1,0 +1,56 @@
+"""``make bench``: every benchmark, one after the other.
+
+1. throughput.py: garrison end-to-end against raw Celery (PostgreSQL + Redis, real workers).
+2. throughput.py --patch recordset: the same garrison run with the proposed bulk statements
+   (benchmarks/proposals.py) patched in, to show what they gain end to end.
+3. profile_engine.py: where ingest_many and Engine.process spend their time, and each proposal's gain.
+
+Arguments are handed to throughput.py (e.g. ``--repeat 1``, ``--embedded``). ``--quick`` runs only
+step 1, once; ``--no-profile`` skips steps 2 and 3.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import profile_engine, throughput  # noqa: E402
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def main(argv: list[str]) -> int:
+    quick = "--quick" in argv
+    no_profile = "--no-profile" in argv or quick
+    args = [a for a in argv if a not in ("--quick", "--no-profile")]
+    embedded = "--embedded" in args
+    if not embedded:
+        missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _reachable(port)]
+        if missing:
+            print(f"{' and '.join(missing)} not reachable on 127.0.0.1: run `make services` "
+                  "(or `python benchmarks/run.py --embedded` for the SQLite figures)", file=sys.stderr)
+            return 2
+    if quick:
+        args = ["--repeat", "1", *args]
+    throughput.main(args)
+    if not no_profile and not embedded:
+        print("\n" + "=" * 100 + "\n")
+        throughput.main([*args, "--patch", "recordset", "--raw", "none"])
+        print("\n" + "=" * 100 + "\n")
+        profile_engine.main([])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -4,7 +4,8 @@
 
 runs without any worker or server: it stores the events in ./.garrison (SQLite) and applies them in this
 process. In production the same machine runs on workers: name this module in GARRISON_AUTOMATIONS, start
-`garrison worker`, and drop the inline `client.run_pending()` below (send and pulse stay as they are).
+`garrison worker` and `garrison beat` (which runs the checkTimeout pulse defined below, fleet-wide), and
+drop main()'s simulated pulses and its inline `client.run_pending()`.
 
 Two things differ from casern's README, on purpose:
 - casern marks a timeout when `state.when + timeoutAfter > now`, which is backwards; this says
@@ -50,7 +51,9 @@ def respond(prefs: dict[str, Any], state: Any, data: dict[str, Any]) -> Any:
     return state
 
 
-@inquiry.reducer
+# On a fleet, beat pulses checkTimeout to every open inquiry each second (`garrison beat` + a worker, with
+# this module in GARRISON_AUTOMATIONS). main() below simulates those pulses, so it needs neither.
+@inquiry.pulse("every 1s", where={"status": ["inquired"]})
 def checkTimeout(prefs: dict[str, Any], state: Any, data: dict[str, Any]) -> Any:
     if "now" not in data or state is None or state["status"] != "inquired":
         return state

@@ -4,15 +4,19 @@ Events go to SQL first, Celery carries the work, SQL is the source of truth.
 """
 
 from garrison.automations.base import Automation, Message
+from garrison.automations.journey import Journey, JourneyContext, journey
 from garrison.automations.loop import Command, CommandContext, Msg, UpdateLoop
 from garrison.automations.machine import Machine, Transition
 from garrison.automations.replay import Mismatch, ReplayReport
+from garrison.automations.runs import RunInfo, TimerInfo
 from garrison.client import Garrison, configure, default_client
 from garrison.clock import FrozenClock, SystemClock
 from garrison.config import Settings
+from garrison.durations import parse_duration
 from garrison.errors import (
     ConfigurationError,
     DefinitionError,
+    DeterminismError,
     GarrisonError,
     NotFound,
     PayloadTooLarge,
@@ -31,10 +35,13 @@ __all__ = [
     "CommandContext",
     "ConfigurationError",
     "DefinitionError",
+    "DeterminismError",
     "FrozenClock",
     "Garrison",
     "GarrisonError",
     "IngestedEvent",
+    "Journey",
+    "JourneyContext",
     "Machine",
     "Message",
     "Mismatch",
@@ -45,12 +52,16 @@ __all__ = [
     "Publisher",
     "ReplayMismatch",
     "ReplayReport",
+    "RunInfo",
     "Settings",
     "SystemClock",
+    "TimerInfo",
     "Transition",
     "UnknownAutomation",
     "UpdateLoop",
     "ValidationError",
     "configure",
     "default_client",
+    "journey",
+    "parse_duration",
 ]

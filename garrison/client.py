@@ -25,7 +25,11 @@ from garrison.ingest import EventIn, IngestedEvent, validate, write_events
 from garrison.publisher import Publisher
 
 if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from garrison.automations.pulse_admin import PulseInfo
     from garrison.automations.replay import Mismatch, ReplayReport
+    from garrison.automations.runs import RunInfo
 
 log = logging.getLogger("garrison.client")
 
@@ -272,6 +276,129 @@ class Garrison:
             query = query.where(FAILURES.c.automation == automation)
         with self.db.session() as s:
             return list(s.execute(query.order_by(FAILURES.c.id)).scalars())
+
+
+    # -- journey runs ---------------------------------------------------------------------------
+
+    def runs(
+        self,
+        *,
+        automation: str | None = None,
+        key: str | None = None,
+        status: str | None = None,
+        tenant: str | None = None,
+        limit: int = 100,
+    ) -> list[RunInfo]:
+        """Journey runs, newest first, with their history, log, result or error."""
+        from garrison.automations.runs import list_runs
+
+        return list_runs(self.db, self.tenant_of(tenant), automation=automation, key=key, status=status,
+                         limit=limit)
+
+    def run(self, run_id: int | str, *, tenant: str | None = None) -> RunInfo:
+        """One run (``12`` or ``"run/12"``) with its timers."""
+        from garrison.automations.runs import get_run, parse_run_id
+
+        return get_run(self.db, self.tenant_of(tenant), parse_run_id(run_id))
+
+    def retry_run(self, run_id: int | str, *, tenant: str | None = None) -> IngestedEvent:
+        """Re-execute a failed run from its history (after a fix is deployed, or a step's API is back).
+        Sent as a ``garrison/run.retry`` event, applied in order with the key's other messages."""
+        return self._run_control(run_id, tenant, "garrison/run.retry", {}, ("failed",))
+
+    def cancel_run(self, run_id: int | str, *, tenant: str | None = None, reason: str | None = None) -> IngestedEvent:
+        """Cancel a run: its timers are cancelled (an UPDATE) and it never runs again."""
+        return self._run_control(
+            run_id, tenant, "garrison/run.cancel", {"reason": reason} if reason else {},
+            ("running", "waiting", "sleeping", "stepping", "failed"),
+        )
+
+    def _run_control(
+        self, run_id: int | str, tenant: str | None, name: str, data: dict[str, Any], allowed: tuple[str, ...]
+    ) -> IngestedEvent:
+        run = self.run(run_id, tenant=tenant)
+        if run.status not in allowed:
+            raise GarrisonError(
+                f"run {run.id} is {run.status}; {name.rsplit('.', 1)[-1]} takes a run that is {' or '.join(allowed)}",
+                tenant=run.tenant, run=run.id,
+            )
+        return self.ingest(name, run.key, {"run": run.number, **data}, tenant=run.tenant, target=run.automation,
+                           system=True)
+
+    # -- pulses -----------------------------------------------------------------------------------
+
+    def add_pulse(
+        self,
+        name: str,
+        automation: str,
+        message: str,
+        *,
+        cron: str | None = None,
+        every: str | float | timedelta | None = None,
+        timezone: str = "UTC",
+        data: Mapping[str, Any] | None = None,
+        where: Mapping[str, Any] | None = None,
+        missed: str = "latest",
+        missed_limit: int = 100,
+        overlap: str = "skip",
+        tenant: str | None = None,
+    ) -> PulseInfo:
+        """Add a pulse schedule at run time (beat fires it from its next tick, without a restart): send
+        ``message`` with the slot's time as ``now`` to every entity of ``automation`` (those whose state
+        matches ``where``), on ``cron`` in ``timezone`` or ``every`` interval.
+
+        A bad cron expression, timezone, interval or policy is refused with a DefinitionError whose
+        ``part`` names it; an automation the registry does not know with UnknownAutomation; a message the
+        machine has no reducer for with ValidationError. Nothing is stored then. A pulse of the same name
+        (in the tenant) is replaced: it keeps its paused flag, and its next slot unless the timing changed.
+        """
+        from garrison.automations.pulse_admin import get_pulse, save_pulse
+        from garrison.automations.schedules import PulseSchedule
+
+        target = self.registry.get(automation)  # UnknownAutomation for a name no worker would run
+        spec = PulseSchedule(
+            name=name, automation=automation, message=message, cron=cron, every=every, timezone=timezone,
+            data=dict(data or {}), where=where, missed=missed, missed_limit=missed_limit, overlap=overlap,
+        )
+        check = getattr(target, "check_reducer", None)
+        if callable(check):
+            check(message)
+        tenant = self.tenant_of(tenant)
+        save_pulse(self.db, tenant, spec, self.clock.now())
+        return get_pulse(self.db, tenant, name)
+
+    def pulses(self, *, tenant: str | None = None) -> list[PulseInfo]:
+        """Every pulse schedule of the tenant, by name, each with its last 10 slots (status, done / total)."""
+        from garrison.automations.pulse_admin import list_pulses
+
+        return list_pulses(self.db, self.tenant_of(tenant))
+
+    def pulse(self, name: str, *, tenant: str | None = None) -> PulseInfo:
+        """One pulse schedule of the tenant with its last 10 slots; NotFound for an unknown name."""
+        from garrison.automations.pulse_admin import get_pulse
+
+        return get_pulse(self.db, self.tenant_of(tenant), name)
+
+    def pause_pulse(self, name: str, *, tenant: str | None = None) -> PulseInfo:
+        """Stop firing a pulse. A slot already running finishes. NotFound for an unknown name."""
+        from garrison.automations.pulse_admin import set_paused
+
+        return set_paused(self.db, self.tenant_of(tenant), name, True, self.clock.now())
+
+    def resume_pulse(self, name: str, *, tenant: str | None = None) -> PulseInfo:
+        """Fire a paused pulse again, from its first slot after now: the slots that fell in the pause are
+        not fired late, whatever its missed-slot policy. NotFound for an unknown name."""
+        from garrison.automations.pulse_admin import set_paused
+
+        return set_paused(self.db, self.tenant_of(tenant), name, False, self.clock.now())
+
+    def remove_pulse(self, name: str, *, tenant: str | None = None) -> None:
+        """Delete a pulse schedule; its slots stay in SQL as history. A pulse defined in code
+        (``@machine.pulse``) comes back at beat's next sync: remove it from the code, or pause it.
+        NotFound for an unknown name."""
+        from garrison.automations.pulse_admin import remove_pulse
+
+        remove_pulse(self.db, self.tenant_of(tenant), name)
 
 
 _EVENT_FIELDS = {"name", "key", "data", "tenant", "idempotency_key", "target", "system"}

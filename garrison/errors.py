@@ -9,7 +9,8 @@
     ├── DefinitionError         an automation defined wrongly (names the automation and the part)
     ├── UnknownAutomation       a name the registry does not have
     ├── NotFound                an entity, failure or run that does not exist for this tenant
-    └── ReplayMismatch          a replay or determinism check found a stored state it cannot reproduce
+    ├── ReplayMismatch          a replay or determinism check found a stored state it cannot reproduce
+    └── DeterminismError        a journey's code no longer makes the calls its live run's history recorded
 """
 
 from __future__ import annotations
@@ -60,3 +61,9 @@ class NotFound(GarrisonError):
 
 class ReplayMismatch(GarrisonError):
     """Stored state differs from what replaying its inputs produces."""
+
+
+class DeterminismError(GarrisonError):
+    """A journey run was re-executed and its code made a different call than the one its history
+    recorded at that position (the code changed under a live run, or depends on something other than
+    its inputs). The run is failed with this error; it names the operation."""

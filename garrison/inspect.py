@@ -1,5 +1,8 @@
 """Inspection: everything garrison holds about one key of one tenant, as plain dataclasses.
 
+Journey runs of the key come as :class:`~garrison.automations.runs.RunInfo` (history, open wait, timers,
+log, result or error).
+
 ``garrison inspect KEY`` renders a :class:`KeyReport` as tables (or JSON); code can call
 :func:`inspect_key` directly. Every query here is filtered by tenant, so a key of one tenant never shows
 another tenant's rows.
@@ -13,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
+from garrison.automations.runs import RunInfo, list_runs
 from garrison.clock import as_utc
 from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, STREAMS, VERSIONS
 
@@ -25,8 +29,10 @@ __all__ = [
     "FailureRow",
     "KeyReport",
     "PendingEvent",
+    "RunInfo",
     "VersionRow",
     "inspect_key",
+    "jsonable",
 ]
 
 
@@ -116,6 +122,7 @@ class KeyReport:
     pending: list[PendingEvent] = field(default_factory=list)
     failures: list[FailureRow] = field(default_factory=list)
     effects: list[EffectRow] = field(default_factory=list)
+    runs: list[RunInfo] = field(default_factory=list)
 
     @property
     def pending_count(self) -> int:
@@ -124,11 +131,11 @@ class KeyReport:
     @property
     def found(self) -> bool:
         """Whether garrison holds anything at all for this key in this tenant."""
-        return bool(self.last_seq or self.entities or self.failures or self.effects)
+        return bool(self.last_seq or self.entities or self.failures or self.effects or self.runs)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (datetimes as ISO 8601 text)."""
-        out: dict[str, Any] = _jsonable(asdict(self))
+        out: dict[str, Any] = jsonable(asdict(self))
         out["pending_count"] = self.pending_count
         return out
 
@@ -142,8 +149,9 @@ def inspect_key(
     history: int = 20,
     limit: int = 50,
 ) -> KeyReport:
-    """Read the state, the last ``history`` versions, the pending messages, the failures and the effects
-    of ``key`` (of one ``automation``, or all of them) for ``tenant`` (the settings' tenant by default)."""
+    """Read the state, the last ``history`` versions, the pending messages, the failures, the effects and
+    the journey runs (the newest ``limit``, with their timers) of ``key`` (of one ``automation``, or all of
+    them) for ``tenant`` (the settings' tenant by default)."""
     tenant = client.tenant_of(tenant)
     report = KeyReport(tenant=tenant, key=key)
     with client.db.session() as s:
@@ -215,8 +223,10 @@ def inspect_key(
             )
             for r in s.execute(effects.order_by(EFFECTS.c.id.desc()).limit(limit)).mappings()
         ]
+    report.runs = list_runs(client.db, tenant, automation=automation, key=key, limit=limit, timers=True)
     report.failures.reverse()
     report.effects.reverse()
+    report.runs.reverse()
     return report
 
 
@@ -231,11 +241,12 @@ def _effect_name(payload: Any) -> str:
     return ""
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Dataclass dicts made JSON-ready: datetimes as ISO 8601 text."""
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value

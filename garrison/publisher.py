@@ -5,6 +5,7 @@ anything committed whose message was lost."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 
@@ -15,6 +16,12 @@ class Publisher(Protocol):
     def publish_effects(self, tenant: str, effect_ids: Sequence[int]) -> None:
         """Ask a worker to perform these committed effects."""
 
+    def publish_timers(self, tenant: str, dues: Sequence[datetime]) -> None:
+        """Ask a worker to fire the tenant's due timers at each of these times (ETA tasks)."""
+
+    def publish_pulse(self, tenant: str, slot_id: int, label: str) -> None:
+        """Ask a worker to fan an opened pulse slot out to its entities."""
+
 
 class NullPublisher:
     """Publishes nothing: the relay (or an explicit ``run_pending``) picks the work up."""
@@ -23,4 +30,10 @@ class NullPublisher:
         return None
 
     def publish_effects(self, tenant: str, effect_ids: Sequence[int]) -> None:
+        return None
+
+    def publish_timers(self, tenant: str, dues: Sequence[datetime]) -> None:
+        return None
+
+    def publish_pulse(self, tenant: str, slot_id: int, label: str) -> None:
         return None

@@ -93,3 +93,22 @@ def start_worker(
 
     wait_until(ready, timeout=ready_timeout, what=f"worker {name} to be ready")
     return worker
+
+
+def start_beat(settings: Settings, log: Path, *, env: dict[str, str] | None = None) -> WorkerProcess:
+    """Start ``celery -A garrison.tasks beat`` (garrison's scheduler: the relay and the pulses)."""
+    args = [sys.executable, "-m", "celery", "-A", "garrison.tasks", "beat", "--loglevel", "INFO"]
+    handle = log.open("wb")
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=child_env(settings, **(env or {})), stdout=handle, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    beat = WorkerProcess(proc, log)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"beat exited with {proc.returncode}:\n{beat.output}")
+        return "beat: Starting" in beat.output
+
+    wait_until(ready, timeout=60, what="beat to start")
+    return beat

@@ -23,7 +23,8 @@ from tests.apps.flaky import flaky
 from tests.harness import ROOT, child_env, wait_until
 
 COMMANDS = [
-    [], ["db"], ["db", "init"], ["worker"], ["beat"], ["ingest"], ["inspect"], ["replay"], ["retry"], ["demo"],
+    [], ["db"], ["db", "init"], ["worker"], ["beat"], ["ingest"], ["inspect"], ["replay"], ["retry"], ["runs"],
+    ["cancel"], ["demo"],
 ]
 
 

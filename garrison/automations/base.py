@@ -36,6 +36,7 @@ class Message:
     target: str | None
     created_at: datetime
     system: bool = False
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +47,50 @@ class EffectSpec:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class TimerSpec:
+    """A durable timer to set: ``name`` is unique per entity; when ``due_at`` comes a ``garrison/timer``
+    event carrying ``data`` (plus ``timer``) is ingested for the entity, targeted at its automation."""
+
+    name: str
+    due_at: datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EmitSpec:
+    """An event to ingest in the transaction of the state change (exactly once)."""
+
+    name: str
+    key: str
+    data: dict[str, Any]
+    idempotency_key: str
+    target: str | None = None
+    system: bool = False
+
+
 @dataclass(slots=True)
 class Outcome:
-    """What a handler decided. ``changed`` False means: store nothing, fire nothing."""
+    """What a handler decided. ``changed`` False means: store no new state version.
+
+    Besides effects (run after commit), a handler may set and cancel durable timers, emit events and
+    describe journey runs; the engine writes all of them in the same transaction as the state.
+    """
 
     state: JSON
     changed: bool
     label: str
     effects: list[EffectSpec] = field(default_factory=list)
+    timers: list[TimerSpec] = field(default_factory=list)
+    cancel_timers: list[str] = field(default_factory=list)
+    emits: list[EmitSpec] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ``lookup(name, after_seq, before_seq)``: the key's events with after_seq < seq < before_seq, in order,
+# untargeted only; ``name`` an exact name, a glob, or None for every name. The log below a message is
+# immutable, so a handler that reads it stays deterministic.
+Lookup = Callable[[str | None, int, int], list[Message]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +106,8 @@ class ApplyContext:
     now: datetime
     version: int = 0
     replay: bool = False
+    lookup: Lookup | None = None
+    max_payload_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +120,15 @@ class EffectContext:
     effect_id: int
     idempotency_key: str
     client: Garrison
+    final_attempt: bool = True
 
 
 class Automation(ABC):
     """Base of every authoring style. Subclasses set ``style`` and implement the three hooks."""
 
     style: str = "automation"
+    # Pulses defined in code next to the automation (``@machine.pulse``); beat syncs them to SQL.
+    pulses: tuple[Any, ...] = ()
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name.strip():

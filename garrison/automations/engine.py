@@ -13,20 +13,60 @@ import logging
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, bindparam, func, insert, select, update
 
-from garrison.automations.base import JSON, ApplyContext, Message
+from garrison.automations.base import JSON, ApplyContext, Message, Outcome
 from garrison.automations.registry import Registry
 from garrison.clock import Clock, as_utc
 from garrison.config import Settings
 from garrison.db import Database
-from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, STREAMS, VERSIONS
+from garrison.ingest import EventIn, write_events
+from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, RUNS, STREAMS, TIMERS, VERSIONS
 
 log = logging.getLogger("garrison.engine")
 
-__all__ = ["CURSORS", "EFFECTS", "ENTITIES", "EVENTS", "FAILURES", "STREAMS", "VERSIONS", "BatchResult", "Engine"]
+__all__ = [
+    "CURSORS", "EFFECTS", "ENTITIES", "EVENTS", "FAILURES", "RUNS", "STREAMS", "TIMERS", "VERSIONS",
+    "BatchResult", "Engine",
+]
+
+_EVENT_COLUMNS = (
+    EVENTS.c.id, EVENTS.c.key, EVENTS.c.seq, EVENTS.c.name, EVENTS.c.data,
+    EVENTS.c.target, EVENTS.c.created_at, EVENTS.c.system, EVENTS.c.idempotency_key,
+)
+
+
+def to_message(tenant: str, row: Any) -> Message:
+    return Message(
+        tenant=tenant, key=row.key, seq=row.seq, event_id=row.id, name=row.name, data=row.data,
+        target=row.target, created_at=as_utc(row.created_at), system=row.system,
+        idempotency_key=getattr(row, "idempotency_key", None),
+    )
+
+
+def lookup_in(session: Any, tenant: str, key: str) -> Any:
+    """A :data:`~garrison.automations.base.Lookup` reading the key's log through ``session``."""
+
+    def lookup(name: str | None, after: int, before: int) -> list[Message]:
+        if before - after <= 1:
+            return []
+        query = select(*_EVENT_COLUMNS).where(
+            EVENTS.c.tenant == tenant, EVENTS.c.key == key, EVENTS.c.seq > after, EVENTS.c.seq < before,
+            EVENTS.c.target.is_(None),
+        )
+        if name is not None and not any(ch in name for ch in "*?["):
+            query = query.where(EVENTS.c.name == name)
+        messages = [to_message(tenant, r) for r in session.execute(query.order_by(EVENTS.c.seq))]
+        if name is not None and any(ch in name for ch in "*?["):
+            import fnmatch
+
+            messages = [m for m in messages if fnmatch.fnmatchcase(m.name, name)]
+        return messages
+
+    return lookup
 
 
 @dataclass(slots=True)
@@ -48,6 +88,9 @@ class BatchResult:
     failed: int = 0
     effect_ids: list[int] = field(default_factory=list)
     truncated: bool = False
+    # Due times of timers set within the horizon (to publish as ETA tasks), keys that were sent events.
+    timer_dues: list[datetime] = field(default_factory=list)
+    woken: set[str] = field(default_factory=set)
 
 
 class Engine:
@@ -81,12 +124,14 @@ class Engine:
                 .with_for_update()
             ).all()
             rows = s.execute(
-                select(
-                    EVENTS.c.id, EVENTS.c.key, EVENTS.c.seq, EVENTS.c.name, EVENTS.c.data,
-                    EVENTS.c.target, EVENTS.c.created_at, EVENTS.c.system,
-                )
+                select(*_EVENT_COLUMNS)
                 .join(CURSORS, and_(CURSORS.c.tenant == EVENTS.c.tenant, CURSORS.c.key == EVENTS.c.key))
-                .where(EVENTS.c.tenant == tenant, CURSORS.c.key.in_(keys), EVENTS.c.seq > CURSORS.c.processed_seq)
+                .where(
+                    # The key filter on both sides keeps the plan an index lookup per key even before
+                    # PostgreSQL has statistics (a fresh table otherwise gets a quadratic nested loop).
+                    EVENTS.c.tenant == tenant, EVENTS.c.key.in_(keys), CURSORS.c.key.in_(keys),
+                    EVENTS.c.seq > CURSORS.c.processed_seq,
+                )
                 .order_by(EVENTS.c.key, EVENTS.c.seq)
                 .limit(self.settings.engine_batch)
             ).all()
@@ -99,23 +144,26 @@ class Engine:
             versions: list[dict[str, Any]] = []
             effects: list[dict[str, Any]] = []
             failures: list[dict[str, Any]] = []
+            extras = _Extras()
             last_seq: dict[str, int] = {}
             for row in rows:
-                message = Message(
-                    tenant=tenant, key=row.key, seq=row.seq, event_id=row.id, name=row.name,
-                    data=row.data, target=row.target, created_at=as_utc(row.created_at), system=row.system,
-                )
+                message = to_message(tenant, row)
                 last_seq[row.key] = row.seq
                 for automation in self.registry.route(message):
                     slot = slots.setdefault((automation.name, row.key), _Slot(None, 0, 0))
-                    slot.cursor = row.seq
-                    slot.dirty = True
                     result.applied += 1
+                    if slot.version:
+                        slot.cursor = row.seq
+                        slot.dirty = True
                     try:
                         outcome = automation.apply(
                             slot.state,
                             message,
-                            ApplyContext(tenant=tenant, key=row.key, now=message.created_at, version=slot.version),
+                            ApplyContext(
+                                tenant=tenant, key=row.key, now=message.created_at, version=slot.version,
+                                lookup=lookup_in(s, tenant, row.key),
+                                max_payload_bytes=self.settings.max_payload_bytes,
+                            ),
                         )
                     except Exception as exc:  # noqa: BLE001 - a handler's error is data (guarantee 7)
                         result.failed += 1
@@ -131,6 +179,11 @@ class Engine:
                             "traceback": traceback.format_exc(), "status": "failed", "created_at": now,
                         })
                         continue
+                    if outcome.changed or outcome.effects:
+                        # A new entity is written only when a message did something to it: a journey
+                        # that sees every event of a key it never ran for leaves no row behind.
+                        slot.cursor = row.seq
+                        slot.dirty = True
                     if outcome.changed:
                         result.changed += 1
                         slot.version += 1
@@ -146,7 +199,9 @@ class Engine:
                             "kind": spec.kind, "payload": {**spec.payload, "version": slot.version},
                             "status": "pending", "attempts": 0, "created_at": now,
                         })
+                    extras.add(tenant, automation.name, row.key, outcome, now)
             self._write(s, tenant, now, slots, versions, effects, failures, last_seq, result)
+            extras.write(s, self.db, tenant, now, self.settings.timer_horizon, result)
         return result
 
     def _load(self, s: Any, tenant: str, keys: Sequence[str]) -> dict[tuple[str, str], _Slot]:
@@ -204,6 +259,68 @@ class Engine:
             return []
         with self.db.session() as s:
             return list(s.execute(pending_keys(tenant).where(STREAMS.c.key.in_(keys))).scalars())
+
+
+@dataclass(slots=True)
+class _Extras:
+    """Timers, emitted events and journey runs collected over a batch, written before commit."""
+
+    timers: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    cancels: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    emits: list[EventIn] = field(default_factory=list)
+    runs: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, tenant: str, automation: str, key: str, outcome: Outcome, now: datetime) -> None:
+        for t in outcome.timers:
+            self.timers[(automation, key, t.name)] = {
+                "tenant": tenant, "automation": automation, "key": key, "name": t.name,
+                "due_at": t.due_at, "status": "pending", "data": t.data, "created_at": now,
+            }
+        for name in outcome.cancel_timers:
+            if self.timers.pop((automation, key, name), None) is None:
+                self.cancels.setdefault((automation, key), set()).add(name)
+        for e in outcome.emits:
+            self.emits.append(EventIn(
+                tenant=tenant, name=e.name, key=e.key, data=e.data, idempotency_key=e.idempotency_key,
+                target=e.target, system=e.system,
+            ))
+        for run in outcome.runs:
+            self.runs[(automation, key, run["number"])] = {
+                **run, "tenant": tenant, "automation": automation, "key": key, "updated_at": now,
+            }
+
+    def write(self, s: Any, db: Database, tenant: str, now: datetime, horizon: float, result: BatchResult) -> None:
+        if self.timers:
+            within = now + timedelta(seconds=horizon)
+            rows = []
+            for row in self.timers.values():
+                if row["due_at"] <= within:
+                    row["published_at"] = now
+                    result.timer_dues.append(row["due_at"])
+                else:
+                    row["published_at"] = None
+                rows.append(row)
+            db.execute_upsert(s, TIMERS, rows, ["tenant", "automation", "key", "name"])
+        for (automation, key), names in self.cancels.items():
+            s.execute(
+                update(TIMERS)
+                .where(
+                    TIMERS.c.tenant == tenant, TIMERS.c.automation == automation, TIMERS.c.key == key,
+                    TIMERS.c.name.in_(sorted(names)), TIMERS.c.status == "pending",
+                )
+                .values(status="cancelled")
+            )
+        if self.runs:
+            db.execute_upsert(
+                s, RUNS, list(self.runs.values()), ["tenant", "automation", "key", "number"],
+                update={
+                    c: (lambda ex, c=c: getattr(ex, c))
+                    for c in ("status", "waiting", "history", "log", "result", "error", "updated_at", "ended_at")
+                },
+            )
+        if self.emits:
+            written = write_events(s, db, self.emits, now)
+            result.woken.update(e.key for e in written if not e.duplicate)
 
 
 def pending_keys(tenant: str) -> Select[tuple[str]]:

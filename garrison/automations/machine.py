@@ -127,6 +127,55 @@ class Machine(Automation):
 
         return register(fn) if fn is not None else register
 
+    def pulse(
+        self,
+        when: str,
+        message: str | None = None,
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        data: Mapping[str, Any] | None = None,
+        where: Mapping[str, Any] | None = None,
+        missed: str = "latest",
+        missed_limit: int = 100,
+        overlap: str = "skip",
+    ) -> Callable[[Reducer], Reducer]:
+        """Pulse a reducer on a schedule: ``when`` is a cron expression (five fields, or six with seconds)
+        evaluated in ``timezone``, or ``"every 30s"``. Each slot sends ``message`` to every entity of this
+        machine (or those whose state matches ``where``) with the slot's time as ``data["now"]``.
+
+        As a decorator on a reducer (``@inquiry.pulse("*/5 * * * *")``) it registers the reducer too and
+        pulses it; called with a message (``inquiry.pulse("* * * * *", "checkTimeout")``) it just adds the
+        pulse. A bad expression or timezone is refused here, at import.
+        """
+        from garrison.automations.schedules import PulseSchedule
+
+        def schedule(reducer: str) -> PulseSchedule:
+            cron, every = (None, when) if when.strip().lower().startswith("every") else (when, None)
+            return PulseSchedule(
+                name=name or f"{self.name}.{reducer}", automation=self.name, message=reducer, cron=cron,
+                every=every, timezone=timezone, data=dict(data or {}), where=where, missed=missed,
+                missed_limit=missed_limit, overlap=overlap,
+            )
+
+        def add(spec: PulseSchedule) -> None:
+            if any(p.name == spec.name for p in self.pulses):
+                raise DefinitionError(f"pulse {spec.name!r} is defined twice", automation=self.name, part=spec.name)
+            self.pulses = (*self.pulses, spec)
+
+        if message is not None:
+            add(schedule(message))
+
+        def register(f: Reducer) -> Reducer:
+            reducer = f.__name__
+            if reducer not in self.reducers:
+                self._add(self.reducers, reducer, f, "reducer")
+            if message is None:
+                add(schedule(reducer))
+            return f
+
+        return register
+
     def _add(self, table: dict[str, Any], name: str, fn: Any, what: str) -> None:
         if not callable(fn):
             raise DefinitionError(f"a {what} must be callable", automation=self.name, part=name)

@@ -10,15 +10,15 @@ Both read only; neither runs a listener, a command or any other effect.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 
-from garrison.automations.base import ApplyContext, Automation, Message, json_equal
-from garrison.automations.engine import ENTITIES, EVENTS, VERSIONS
+from garrison.automations.base import ApplyContext, Automation, Lookup, Message, json_equal
+from garrison.automations.engine import _EVENT_COLUMNS, ENTITIES, EVENTS, VERSIONS, lookup_in, to_message
 from garrison.automations.registry import Registry
-from garrison.clock import as_utc
 from garrison.db import Database
 
 
@@ -42,17 +42,7 @@ class ReplayReport:
         return not self.mismatches
 
 
-def _message(tenant: str, row: Any) -> Message:
-    return Message(
-        tenant=tenant, key=row.key, seq=row.seq, event_id=row.id, name=row.name, data=row.data,
-        target=row.target, created_at=as_utc(row.created_at), system=row.system,
-    )
-
-
-_EVENT_COLUMNS = (
-    EVENTS.c.id, EVENTS.c.key, EVENTS.c.seq, EVENTS.c.name, EVENTS.c.data,
-    EVENTS.c.target, EVENTS.c.created_at, EVENTS.c.system,
-)
+_message = to_message
 
 
 def replay(
@@ -89,16 +79,32 @@ def replay(
     return report
 
 
+def _list_lookup(messages: list[Message]) -> Lookup:
+    """A :data:`Lookup` over a key's log already in memory."""
+
+    def lookup(name: str | None, after: int, before: int) -> list[Message]:
+        return [
+            m for m in messages
+            if after < m.seq < before and m.target is None
+            and (name is None or m.name == name or fnmatch.fnmatchcase(m.name, name))
+        ]
+
+    return lookup
+
+
 def _rebuild(auto: Automation, tenant: str, key: str, events: Any) -> tuple[Any, int]:
     state: Any = None
     version = 0
     applied = 0
-    for row in events:
-        message = _message(tenant, row)
+    messages = [_message(tenant, row) for row in events]
+    lookup = _list_lookup(messages)
+    for message in messages:
         if not auto.accepts(message):
             continue
         applied += 1
-        ctx = ApplyContext(tenant=tenant, key=key, now=message.created_at, version=version, replay=True)
+        ctx = ApplyContext(
+            tenant=tenant, key=key, now=message.created_at, version=version, replay=True, lookup=lookup
+        )
         try:
             outcome = auto.apply(state, message, ctx)
         except Exception:  # noqa: BLE001 - it failed when processed too; the failure is recorded there
@@ -125,18 +131,29 @@ def check(db: Database, registry: Registry, tenant: str, automation: str, key: s
         }
     mismatches: list[Mismatch] = []
     prev: Any = None
-    for v in versions:
-        row = events.get(v.event_id)
-        if row is None:
-            mismatches.append(Mismatch(automation, key, v.state, None, version=v.version))
-        else:
-            message = _message(tenant, row)
-            ctx = ApplyContext(tenant=tenant, key=key, now=message.created_at, version=v.version - 1, replay=True)
-            try:
-                redone: Any = auto.apply(prev, message, ctx).state
-            except Exception as exc:  # noqa: BLE001 - reported as a mismatch, not raised
-                redone = {"error": f"{type(exc).__name__}: {exc}"}
-            if not json_equal(redone, v.state):
-                mismatches.append(Mismatch(automation, key, v.state, redone, version=v.version))
-        prev = v.state
+    with db.session() as s:
+        lookup = lookup_in(s, tenant, key)
+        for v in versions:
+            prev = _check_one(auto, tenant, key, v, events.get(v.event_id), prev, lookup, mismatches)
     return mismatches
+
+
+def _check_one(
+    auto: Automation, tenant: str, key: str, v: Any, row: Any, prev: Any, lookup: Lookup,
+    mismatches: list[Mismatch],
+) -> Any:
+    """Re-apply one version's message to the previous state; record a mismatch. Returns the stored state."""
+    if row is None:
+        mismatches.append(Mismatch(auto.name, key, v.state, None, version=v.version))
+        return v.state
+    message = _message(tenant, row)
+    ctx = ApplyContext(
+        tenant=tenant, key=key, now=message.created_at, version=v.version - 1, replay=True, lookup=lookup
+    )
+    try:
+        redone: Any = auto.apply(prev, message, ctx).state
+    except Exception as exc:  # noqa: BLE001 - reported as a mismatch, not raised
+        redone = {"error": f"{type(exc).__name__}: {exc}"}
+    if not json_equal(redone, v.state):
+        mismatches.append(Mismatch(auto.name, key, v.state, redone, version=v.version))
+    return v.state

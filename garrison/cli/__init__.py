@@ -7,8 +7,10 @@ import sys
 
 from garrison.cli.commands import cli
 from garrison.cli.operate import register
+from garrison.cli.pulses import pulses
 
 register(cli)
+cli.add_command(pulses)
 
 
 def main() -> None:

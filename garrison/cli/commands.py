@@ -1,4 +1,5 @@
-"""The ``garrison`` command: set up the database, run workers and beat, ingest, inspect, replay, retry.
+"""The ``garrison`` command: set up the database, run workers and beat, ingest, inspect, replay, retry; list,
+retry and cancel journey runs.
 
 Settings come from ``garrison.config.Settings.from_env()``; the global options override single fields.
 Errors a user can fix print one line (``error: ...``) and exit 2 for bad input or settings, 1 otherwise.

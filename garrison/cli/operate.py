@@ -1,4 +1,5 @@
-"""Commands that look at and repair what is stored: ``inspect``, ``replay``, ``retry``; and ``demo``."""
+"""Commands that look at and repair what is stored: ``inspect``, ``replay``, ``retry``, ``runs``, ``cancel``;
+and ``demo``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import click
 
 from garrison.automations.replay import Mismatch
+from garrison.automations.runs import STATUSES
 from garrison.cli import render
 from garrison.cli.commands import Context, fail, pass_context, reports_errors
-from garrison.inspect import inspect_key
+from garrison.inspect import inspect_key, jsonable
 
 
 @click.command("inspect")
@@ -19,18 +21,22 @@ from garrison.inspect import inspect_key
 @click.option("--tenant", help="Tenant (default: GARRISON_TENANT).")
 @click.option("--automation", help="Only this automation's rows.")
 @click.option("--history", default=20, show_default=True, help="How many recent state versions to show.")
-@click.option("--limit", default=50, show_default=True, help="At most this many pending messages, failures, effects.")
+@click.option(
+    "--limit", default=50, show_default=True, help="At most this many pending messages, failures, effects, runs."
+)
 @click.option("--full", is_flag=True, help="Do not cut long states and data.")
+@click.option("--traceback", "tracebacks", is_flag=True, help="Also print the tracebacks of failures and failed runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @pass_context
 @reports_errors
 def inspect_command(
     obj: Context, key: str, tenant: str | None, automation: str | None, history: int, limit: int, full: bool,
-    as_json: bool,
+    tracebacks: bool, as_json: bool,
 ) -> None:
     """Show what is stored for a key.
 
-    State per automation, version history, pending messages, failures, effects.
+    State per automation, version history, pending messages, failures, effects, and each journey run:
+    its memoized calls, what it waits for, its timers, log, result or error.
 
     Exits 1 when nothing at all is stored for the key in the tenant.
     """
@@ -38,7 +44,7 @@ def inspect_command(
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
     else:
-        click.echo(render.key_report(report, full=full))
+        click.echo(render.key_report(report, full=full, tracebacks=tracebacks))
     if not report.found:
         raise click.exceptions.Exit(1)
 
@@ -109,26 +115,35 @@ def _mismatch_line(m: Mismatch) -> str:
 
 
 @click.command()
-@click.argument("failure_id", type=int, required=False)
+@click.argument("target", metavar="[FAILURE_ID | failure/ID | run/ID]", required=False)
 @click.option("--all", "retry_all", is_flag=True, help="Retry every failure still failed (of --automation).")
 @click.option("--automation", help="With --all: only this automation's failures.")
 @click.option("--tenant", help="Tenant (default: GARRISON_TENANT).")
 @pass_context
 @reports_errors
-def retry(obj: Context, failure_id: int | None, retry_all: bool, automation: str | None, tenant: str | None) -> None:
-    """Apply failed messages again.
+def retry(obj: Context, target: str | None, retry_all: bool, automation: str | None, tenant: str | None) -> None:
+    """Apply failed messages again, or re-execute a failed journey run.
 
-    Once the cause is fixed: `retry FAILURE_ID` or `retry --all`.
+    Once the cause is fixed: `retry FAILURE_ID` (or `failure/ID`), `retry --all`, or `retry run/ID`.
 
-    The message is ingested anew for the same automation and key, so it applies after what is there now.
-    Failure ids are shown by `garrison inspect KEY`.
+    A failure's message is ingested anew for the same automation and key, so it applies after what is
+    there now. A run is re-executed from its history, in order with the key's other messages.
+    Failure and run ids are shown by `garrison inspect KEY`; runs by `garrison runs`.
     """
-    if (failure_id is None) == (not retry_all):
-        fail("give a FAILURE_ID or --all (not both)", 2)
+    if (target is None) == (not retry_all):
+        fail("give a FAILURE_ID or --all (or a run/ID to retry a journey run), not both", 2)
     if automation and not retry_all:
         fail("--automation goes with --all", 2)
     client = obj.client
-    ids = [failure_id] if failure_id is not None else client.failures(tenant=tenant, automation=automation)
+    if target is not None and target.strip().startswith("run/"):
+        run_id = _run_id(target)
+        event = client.retry_run(run_id, tenant=tenant)
+        click.echo(
+            f"run/{run_id} retry sent as event {event.id} ({event.target} for key {event.key!r}, seq {event.seq}); "
+            f"see it with: garrison inspect {_quote(event.key)}"
+        )
+        return
+    ids = [_failure_id(target)] if target is not None else client.failures(tenant=tenant, automation=automation)
     if not ids:
         click.echo("no failures to retry")
         return
@@ -137,28 +152,117 @@ def retry(obj: Context, failure_id: int | None, retry_all: bool, automation: str
         click.echo(f"failure {fid} retried as event {event.id} ({event.name} for key {event.key!r}, seq {event.seq})")
 
 
+def _failure_id(text: str) -> int:
+    """``12`` or ``failure/12`` -> 12; anything else is refused (exit 2)."""
+    value = text.strip()
+    value = value[len("failure/"):] if value.startswith("failure/") else value
+    if not value.isdigit():
+        fail(f"{text!r} is not a failure id (ID or failure/ID) nor a run id (run/ID)", 2)
+    return int(value)
+
+
+def _run_id(text: str) -> int:
+    """``12`` or ``run/12`` -> 12; anything else is refused (exit 2)."""
+    value = text.strip()
+    value = value[len("run/"):] if value.startswith("run/") else value
+    if not value.isdigit():
+        fail(f"{text!r} is not a run id (run/ID)", 2)
+    return int(value)
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+@click.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--reason", metavar="TEXT", help="Why (kept as the run's error message).")
+@click.option("--tenant", help="Tenant (default: GARRISON_TENANT).")
+@pass_context
+@reports_errors
+def cancel(obj: Context, run_id: str, reason: str | None, tenant: str | None) -> None:
+    """Cancel a journey run (run/ID).
+
+    Its timers are cancelled and it never runs again. A run that is waiting, sleeping, stepping, running
+    or failed can be cancelled; the cancel is applied in order with the key's other messages.
+    """
+    number = _run_id(run_id)
+    event = obj.client.cancel_run(number, tenant=tenant, reason=reason)
+    click.echo(
+        f"run/{number} cancel sent as event {event.id} ({event.target} for key {event.key!r}, seq {event.seq})"
+        + (f": {reason}" if reason else "")
+    )
+
+
+@click.command()
+@click.option("--status", type=click.Choice(STATUSES), help="Only runs in this status.")
+@click.option("--journey", "--automation", "journey", help="Only this journey's runs.")
+@click.option("--key", help="Only this key's runs.")
+@click.option("--tenant", help="Tenant (default: GARRISON_TENANT).")
+@click.option("--limit", default=50, show_default=True, help="At most this many runs (the newest).")
+@click.option("--full", is_flag=True, help="Do not cut long results and errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every field of each run) instead of a table.")
+@pass_context
+@reports_errors
+def runs(
+    obj: Context, status: str | None, journey: str | None, key: str | None, tenant: str | None, limit: int,
+    full: bool, as_json: bool,
+) -> None:
+    """List journey runs, newest first.
+
+    Each with what it waits for, its result or its error. `garrison inspect KEY` shows a run's calls,
+    timers and log; `garrison retry run/ID` and `garrison cancel run/ID` operate it.
+    """
+    if limit < 1:
+        fail("--limit must be at least 1", 2)
+    found = obj.client.runs(automation=journey, key=key, status=status, tenant=tenant, limit=limit)
+    if as_json:
+        click.echo(json.dumps([jsonable(asdict(r)) for r in found], indent=2, sort_keys=True))
+        return
+    if not found:
+        click.echo("no runs" + _filters(status=status, journey=journey, key=key))
+        return
+    click.echo(render.runs_table(found, width=None if full else render.CELL_WIDTH))
+    failed = [r for r in found if r.status == "failed"]
+    if failed:
+        click.echo(f"\nretry a failed run with: garrison retry {failed[0].label}")
+
+
+def _filters(**given: str | None) -> str:
+    shown = ", ".join(f"{name} {value!r}" for name, value in given.items() if value is not None)
+    return f" ({shown})" if shown else ""
+
+
 @click.command()
 @click.option(
     "--dir", "directory", type=click.Path(path_type=Path), default=Path(".garrison-demo"), show_default=True,
-    help="Where the demo keeps its database, broker and mailbox (emptied first).",
+    help="Where the demo keeps its database, broker and logs (emptied first).",
 )
-def demo(directory: Path) -> None:
-    """Run the support-inquiry demo end to end.
+@click.option(
+    "--name", type=click.Choice(["onboarding", "support"]), default="onboarding", show_default=True,
+    help="Which demo: the events seed's onboarding journey, or casern's support inquiry.",
+)
+def demo(directory: Path, name: str) -> None:
+    """Run a demo end to end: a real worker on SQLite, no server needed.
 
-    casern's example with a real worker on SQLite, no server needed.
+    onboarding (the default): the events seed's journey for user1 in real time (about 21 s), on a
+    worker with beat; each event and each line the journey logs is printed as it is stored.
 
-    Two people inquire; one responds in time, the other times out and support gets an email.
+    support: casern's support inquiry; one person responds in time, the other times out and support
+    gets one email.
     """
     from garrison.demo.runner import run
 
-    code = run(directory, out=click.echo)
+    code = run(directory, name=name, out=click.echo)
     if code:
         raise click.exceptions.Exit(code)
 
 
 def register(group: click.Group) -> None:
-    for command in (inspect_command, replay, retry, demo):
+    for command in (inspect_command, replay, retry, runs, cancel, demo):
         group.add_command(command)
 
 
-__all__ = ["demo", "inspect_command", "register", "replay", "retry"]
+__all__ = ["cancel", "demo", "inspect_command", "register", "replay", "retry", "runs"]

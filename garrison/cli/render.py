@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from garrison.automations.runs import RunInfo
 from garrison.inspect import KeyReport
 
 INDENT = "  "
@@ -28,7 +29,9 @@ def cell(value: Any, width: int | None = CELL_WIDTH) -> str:
     return text
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, width: int | None = CELL_WIDTH) -> str:
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], *, width: int | None = CELL_WIDTH, indent: str = INDENT
+) -> str:
     """Rows under headers, each column as wide as its widest cell; the last column is not padded."""
     texts = [[cell(v, width) for v in row] for row in rows]
     widths = [len(h) for h in headers]
@@ -38,7 +41,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, width: int |
     lines = []
     for row in [list(headers), *texts]:
         padded = [text.ljust(widths[i]) for i, text in enumerate(row[:-1])] + [row[-1]]
-        lines.append(INDENT + "  ".join(padded).rstrip())
+        lines.append(indent + "  ".join(padded).rstrip())
     return "\n".join(lines)
 
 
@@ -48,7 +51,7 @@ def section(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], *
     return f"{title}\n{table(headers, rows, width=width)}"
 
 
-def key_report(report: KeyReport, *, full: bool = False) -> str:
+def key_report(report: KeyReport, *, full: bool = False, tracebacks: bool = False) -> str:
     """The ``garrison inspect`` page for one key."""
     width = None if full else CELL_WIDTH
     if not report.found:
@@ -96,7 +99,195 @@ def key_report(report: KeyReport, *, full: bool = False) -> str:
             width=width,
         ),
     ]
+    if tracebacks:
+        parts += [
+            f"Traceback of failure {f.id}\n{_block(f.traceback, INDENT)}" for f in report.failures if f.traceback
+        ]
+    parts.append(runs_section(report.runs, width=width, tracebacks=tracebacks))
+    hints = []
     failed = [f.id for f in report.failures if f.status == "failed"]
     if failed:
-        parts.append(f"retry a failure with: garrison retry {failed[0]}")
+        hints.append(f"retry a failure with: garrison retry {failed[0]}")
+    hints += _run_hints(report.runs, tracebacks=tracebacks)
+    if hints:
+        parts.append("\n".join(hints))
     return "\n\n".join(parts)
+
+
+# -- journey runs -------------------------------------------------------------------------------------
+
+RUN_INDENT = INDENT * 2
+LABEL_WIDTH = 8
+
+
+def runs_section(runs: Sequence[RunInfo], *, width: int | None = CELL_WIDTH, tracebacks: bool = False) -> str:
+    """The journey runs of a key, one block each: header, trigger, open wait or sleep, history, timers, log,
+    result or error."""
+    if not runs:
+        return "Journey runs: none"
+    widths = [max(len(r.label) for r in runs), max(len(r.automation) for r in runs),
+              max(len(r.status) for r in runs)]
+    blocks = [run_block(r, width=width, tracebacks=tracebacks, widths=widths) for r in runs]
+    return "Journey runs\n" + "\n".join(blocks)
+
+
+def run_block(
+    run: RunInfo, *, width: int | None = CELL_WIDTH, tracebacks: bool = False, widths: Sequence[int] = (0, 0, 0)
+) -> str:
+    """One run as an operator reads it."""
+    head = "  ".join(text.ljust(w) for text, w in zip((run.label, run.automation, run.status), widths, strict=True))
+    times = f"started {cell(run.started_at)}  updated {cell(run.updated_at)}"
+    if run.ended_at is not None:
+        times += f"  ended {cell(run.ended_at)}"
+    lines = [f"{INDENT}{head}  {times}"]
+
+    def field_line(label: str, text: str) -> None:
+        lines.append(f"{RUN_INDENT}{label.ljust(LABEL_WIDTH)} {text}".rstrip())
+
+    field_line("trigger", trigger_text(run.trigger, width))
+    if run.waiting:
+        field_line(run.status, waiting_text(run.waiting, width))
+    if run.history:
+        field_line("history", f"{len(run.history)} {'call' if len(run.history) == 1 else 'calls'}")
+        lines.append(table(
+            ("#", "CALL", "NAME", "RESULT"),
+            [(i, op.get("kind"), call_name(op), call_result(op, width)) for i, op in enumerate(run.history, 1)],
+            width=width, indent=RUN_INDENT * 2,
+        ))
+    else:
+        field_line("history", "none")
+    if run.timers:
+        field_line("timers", "")
+        lines.append(table(
+            ("NAME", "DUE", "STATUS", "FIRED"), [(t.name, t.due_at, t.status, t.fired_at) for t in run.timers],
+            width=width, indent=RUN_INDENT * 2,
+        ))
+    if run.log:
+        field_line("log", "")
+        lines.append(table(
+            ("AT", "TEXT"), [(_time(line.get("at")), line.get("text")) for line in run.log],
+            width=width, indent=RUN_INDENT * 2,
+        ))
+    if run.status == "completed":
+        field_line("result", cell(run.result, width))
+    if run.error:
+        field_line("error", error_text(run.error, width))
+        if tracebacks and run.error.get("traceback"):
+            lines.append(_block(str(run.error["traceback"]), RUN_INDENT * 2))
+    return "\n".join(lines)
+
+
+def runs_table(runs: Sequence[RunInfo], *, width: int | None = CELL_WIDTH) -> str:
+    """``garrison runs``: one line per run, newest first."""
+    rows = [
+        [*(cell(v, width) for v in (r.label, r.automation, r.key, r.status, r.started_at, r.updated_at)),
+         run_summary(r, width)]
+        for r in runs
+    ]
+    return table(("ID", "JOURNEY", "KEY", "STATUS", "STARTED", "UPDATED", "DETAIL"), rows, width=None)
+
+
+def run_summary(run: RunInfo, width: int | None = CELL_WIDTH) -> str:
+    """What a run waits for, its result or its error, in one cell."""
+    if run.waiting:
+        return waiting_text(run.waiting, width)
+    if run.status == "completed":
+        return f"result {cell(run.result, width)}"
+    if run.error:
+        return error_text(run.error, width)
+    return "-"
+
+
+def trigger_text(trigger: dict[str, Any], width: int | None = CELL_WIDTH) -> str:
+    if not trigger:
+        return "-"
+    where = ", ".join(
+        f"{label} {trigger[k]}" for k, label in (("id", "event"), ("seq", "seq")) if trigger.get(k) is not None
+    )
+    text = str(trigger.get("name", "?")) + (f" ({where})" if where else "")
+    return f"{text} {cell(trigger.get('data'), width)}" if trigger.get("data") else text
+
+
+def waiting_text(waiting: dict[str, Any], width: int | None = CELL_WIDTH) -> str:
+    """The open call of a suspended run: the wait (event, match, timeout and when it is due), the sleep
+    (until when) or the step."""
+    kind = waiting.get("kind")
+    if kind == "wait":
+        text = f"wait_for {waiting.get('name')}"
+        if waiting.get("match"):
+            text += f" match {cell(waiting['match'], width)}"
+        if not waiting.get("timeout"):
+            return f"{text}, no timeout"
+        due = f" (due {cell(_time(waiting['due_at']))})" if waiting.get("due_at") else ""
+        return f"{text}, timeout {waiting['timeout']}{due}"
+    if kind == "sleep":
+        return f"sleep until {cell(_time(waiting.get('until')))}"
+    if kind == "step":
+        return f"step {waiting.get('name')!r} (call {int(waiting.get('op', 0)) + 1}) in a worker"
+    return cell(waiting, width)
+
+
+def call_name(op: dict[str, Any]) -> str:
+    """The name column of a history line: the event or step name, a wait's match after it."""
+    name = str(op.get("name") or "")
+    if op.get("kind") == "wait" and op.get("match"):
+        name += f" {cell(op['match'])}"
+    if op.get("kind") == "emit" and op.get("key") is not None:
+        name += f" for {op['key']!r}"
+    return name or "-"
+
+
+def call_result(op: dict[str, Any], width: int | None = CELL_WIDTH) -> str:
+    """What a memoized call returned, short."""
+    kind = op.get("kind")
+    result = op.get("result")
+    if kind == "wait":
+        if result is None:
+            return "timed out"
+        data = [e.get("data") for e in result] if isinstance(result, list) else result
+        count = len(data) if isinstance(data, list) else 0
+        shown = data[0] if isinstance(data, list) and count == 1 else data
+        return f"{count} {'event' if count == 1 else 'events'}: {cell(shown, width)}"
+    if kind == "sleep":
+        return f"until {cell(_time(op.get('until')))}"
+    if kind == "now":
+        return cell(_time(result))
+    if kind == "emit":
+        return f"ingested {cell(op.get('data'), width)}"
+    if kind == "events":
+        count = len(result) if isinstance(result, list) else 0
+        return f"{count} {'event' if count == 1 else 'events'}"
+    return cell(result, width)
+
+
+def error_text(error: dict[str, Any], width: int | None = CELL_WIDTH) -> str:
+    message = cell(error.get("message"), None if width is None else width * 2)
+    return f"{error.get('type', 'Error')}: {message}"
+
+
+def _run_hints(runs: Sequence[RunInfo], *, tracebacks: bool) -> list[str]:
+    hints = []
+    failed = [r for r in runs if r.status == "failed"]
+    if failed:
+        hints.append(f"retry a failed run with: garrison retry {failed[0].label}")
+        if not tracebacks and any((r.error or {}).get("traceback") for r in failed):
+            hints.append("show tracebacks with: --traceback")
+    active = [r for r in runs if r.status in ("running", "waiting", "sleeping", "stepping")]
+    if active:
+        hints.append(f"cancel a run with: garrison cancel {active[0].label} --reason TEXT")
+    return hints
+
+
+def _time(value: Any) -> Any:
+    """An ISO 8601 text as a datetime (so it prints like every other time), else the value itself."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _block(text: str, indent: str) -> str:
+    """Multi-line text (a traceback) as it is, indented."""
+    return "\n".join(indent + line for line in text.rstrip().splitlines())

@@ -42,6 +42,10 @@ class Settings:
     # Timers due within this horizon are also published as ETA tasks (well under visibility_timeout).
     timer_horizon: float = 600.0
     broker_visibility_timeout: float = 3600.0
+    # Entities per pulse page (one transaction each), and the beat's lease (a second beat takes over
+    # within this many seconds of the first one's death).
+    pulse_chunk: int = 1000
+    beat_lease_ttl: float = 10.0
     sqlite_busy_timeout: float = 60.0
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -53,7 +57,7 @@ class Settings:
             object.__setattr__(self, "broker_url", "filesystem://")
         if not self.tenant:
             raise ConfigurationError("GARRISON_TENANT must not be empty", field="tenant")
-        for name in ("publish_batch", "engine_batch", "max_payload_bytes", "effect_max_retries"):
+        for name in ("publish_batch", "engine_batch", "max_payload_bytes", "effect_max_retries", "pulse_chunk"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive", field=name)
         if self.timer_horizon >= self.broker_visibility_timeout:

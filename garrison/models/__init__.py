@@ -6,23 +6,28 @@ from garrison.models.tables import (
     ENTITIES,
     EVENTS,
     FAILURES,
+    RUNS,
     STREAMS,
+    TIMERS,
     VERSIONS,
     Cursor,
     Effect,
     Entity,
     Event,
     Failure,
+    Run,
     StateVersion,
     Stream,
+    Timer,
     metadata,
 )
 
 __all__ = [
-    "CURSORS",
-    "EFFECTS",
-    "ENTITIES",
-    "EVENTS",
-    "FAILURES",
-    "STREAMS",
-    "VERSIONS","Cursor", "Effect", "Entity", "Event", "Failure", "StateVersion", "Stream", "metadata"]
+    "CURSORS", "EFFECTS", "ENTITIES", "EVENTS", "FAILURES", "RUNS", "STREAMS", "TIMERS", "VERSIONS",
+    "Cursor", "Effect", "Entity", "Event", "Failure", "Run", "StateVersion", "Stream", "Timer", "metadata",
+]
+
+# Pulse tables live in their own module; importing it registers them with ``metadata``.
+from garrison.models.pulses import LEASES, PULSE_SLOTS, SCHEDULES, Lease, PulseSlot, Schedule
+
+__all__ += ["LEASES", "PULSE_SLOTS", "SCHEDULES", "Lease", "PulseSlot", "Schedule"]

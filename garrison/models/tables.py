@@ -9,6 +9,11 @@
 - ``StateVersion``: the full history of an entity's states, with the message that produced each.
 - ``Effect``: the outbox: side effects written with the state change that caused them.
 - ``Failure``: a message a handler refused by raising, with its traceback, retryable.
+- ``Timer``: a durable timer (a journey's wait timeout or sleep). Within the horizon it is also an ETA
+  task; firing claims the row (pending -> fired) and ingests a ``garrison/timer`` event for its entity in
+  the same transaction, so a duplicated ETA message fires nothing twice. Cancelling is an UPDATE.
+- ``Run``: one journey run as operators see it (status, history, open wait, result or error), written
+  by the engine in the transaction of the state change. The entity state is the source of truth.
 """
 
 from __future__ import annotations
@@ -151,6 +156,53 @@ class Failure(SQLModel, table=True):
     created_at: datetime = _when()
 
 
+class Timer(SQLModel, table=True):
+    __tablename__ = "garrison_timers"
+    __table_args__ = (
+        UniqueConstraint("tenant", "automation", "key", "name", name="uq_garrison_timers_name"),
+        Index("ix_garrison_timers_due", "tenant", "status", "due_at"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    tenant: str = Field(sa_column=Column(String(64), nullable=False))
+    automation: str = Field(sa_column=Column(String(255), nullable=False))
+    key: str = Field(sa_column=Column(String(255), nullable=False))
+    name: str = Field(sa_column=Column(String(255), nullable=False))
+    due_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    # pending: waiting for its time. fired: claimed, its event ingested. cancelled: by an UPDATE.
+    status: str = Field(default="pending", sa_column=Column(String(16), nullable=False))
+    data: Any = _json(nullable=False)
+    # Set when an ETA task was published for it (due within the horizon); NULL: SQL only, for now.
+    published_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    fired_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    created_at: datetime = _when()
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "garrison_runs"
+    __table_args__ = (
+        UniqueConstraint("tenant", "automation", "key", "number", name="uq_garrison_runs_number"),
+        Index("ix_garrison_runs_status", "tenant", "status", "automation"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
+    tenant: str = Field(sa_column=Column(String(64), nullable=False))
+    automation: str = Field(sa_column=Column(String(255), nullable=False))
+    key: str = Field(sa_column=Column(String(255), nullable=False))
+    number: int = Field(sa_column=Column(Integer, nullable=False))
+    # running / waiting / sleeping / stepping / completed / failed / cancelled
+    status: str = Field(sa_column=Column(String(16), nullable=False))
+    trigger: Any = _json()
+    waiting: Any = _json()
+    history: Any = _json()
+    log: Any = _json()
+    result: Any = _json()
+    error: Any = _json()
+    started_at: datetime = _when()
+    updated_at: datetime = _when()
+    ended_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
 def _table(model: type[SQLModel]) -> Table:
     return cast(Table, model.__table__)  # type: ignore[attr-defined]
 
@@ -163,3 +215,5 @@ ENTITIES = _table(Entity)
 VERSIONS = _table(StateVersion)
 EFFECTS = _table(Effect)
 FAILURES = _table(Failure)
+TIMERS = _table(Timer)
+RUNS = _table(Run)

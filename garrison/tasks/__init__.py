@@ -7,6 +7,7 @@ imported, because that is how ``celery -A`` finds an app; everything else takes 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, Task
@@ -61,10 +62,33 @@ def effect(self: Task, tenant: str, effect_id: int) -> bool:
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 300), max_retries=limit) from exc
 
 
+@app.task(name="garrison.timers", acks_late=True, ignore_result=True)
+def timers(tenant: str, due: str) -> int:
+    """Fire the tenant's timers due by ``due`` (published as an ETA task). A duplicate finds nothing left
+    to claim; a message that arrives early waits for its time."""
+    c = client()
+    when = datetime.fromisoformat(due)
+    if when > c.clock.now():  # early (another host's clock): wait in the broker, not in a pool process
+        c.publisher.publish_timers(tenant, [when])
+        return 0
+    return Runner(c).fire_timers(tenant)
+
+
+@app.task(name="garrison.pulse", bind=True, acks_late=True, ignore_result=True)
+def pulse(self: Task, tenant: str, slot_id: int) -> int:
+    """Fan an opened pulse slot out to the automation's entities, a page (one transaction) at a time.
+    Each page sends a ``task-progress`` event (``done``, ``total``) that Flower's event stream shows."""
+
+    def progress(done: int, total: int | None) -> None:
+        self.send_event("task-progress", tenant=tenant, slot=slot_id, done=done, total=total)
+
+    return Runner(client()).run_pulse(tenant, slot_id, settings.pulse_chunk, progress)
+
+
 @app.task(name="garrison.relay", ignore_result=True)
 def relay() -> int:
     """Re-publish work committed but not dispatched (lost messages, killed workers)."""
     return Runner(client()).relay().total
 
 
-__all__ = ["app", "client", "effect", "process", "relay"]
+__all__ = ["app", "client", "effect", "process", "pulse", "relay", "timers"]

@@ -27,6 +27,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(folder / "processed"),
             "store_processed": False,
             "control_folder": str(folder / "control"),
+            # The folder is listed this often when idle (kombu's default is 1 s: a second per hop).
+            "polling_interval": 0.1,
         }
     elif settings.broker_url.startswith(("redis://", "rediss://")):
         broker_options = {"visibility_timeout": settings.broker_visibility_timeout}
@@ -44,10 +46,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 4,
+        # ETA tasks (timers) are checked this often; Celery's default of 1 s would make timers late.
+        "worker_timer_precision": 0.1,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
-        "beat_scheduler": "garrison.tasks.beat:MemoryScheduler",
+        "beat_scheduler": "garrison.tasks.beat:GarrisonScheduler",
+        "beat_max_loop_interval": 1.0,
         "beat_schedule": {
             "garrison-relay": {"task": "garrison.relay", "schedule": settings.relay_interval},
         },

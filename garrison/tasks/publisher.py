@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from functools import cached_property
 
 from celery import Celery
 
+from garrison.automations.timers import eta_buckets
 from garrison.config import Settings
 
 
 class CeleryPublisher:
-    """Sends ``garrison.process`` (a batch of keys) and ``garrison.effect`` (one effect) tasks."""
+    """Sends ``garrison.process`` (a batch of keys), ``garrison.effect`` (one effect) and
+    ``garrison.timers`` (an ETA task that fires due timers) tasks."""
 
     def __init__(self, settings: Settings, app: Celery | None = None) -> None:
         self.settings = settings
@@ -46,6 +49,24 @@ class CeleryPublisher:
                     argsrepr=f"tenant={tenant} effect={effect_id}",
                     producer=producer,
                 )
+
+
+    def publish_timers(self, tenant: str, dues: Sequence[datetime]) -> None:
+        """One ``garrison.timers`` ETA task per 100 ms bucket of due times: it fires every timer of the
+        tenant due by then, so many timers due together cost few messages."""
+        with self.app.producer_or_acquire() as producer:
+            for eta in eta_buckets(dues):
+                self.app.send_task(
+                    "garrison.timers",
+                    args=[tenant, eta.isoformat()],
+                    eta=eta,
+                    argsrepr=f"tenant={tenant} due={eta.isoformat()}",
+                    producer=producer,
+                )
+
+
+    def publish_pulse(self, tenant: str, slot_id: int, label: str) -> None:
+        self.app.send_task("garrison.pulse", args=[tenant, slot_id], argsrepr=f"tenant={tenant} pulse={label}")
 
 
 def _describe(tenant: str, keys: Sequence[str]) -> str:

@@ -1,0 +1,180 @@
+"""Pulse fan-out (issue 4; the beat scheduler that opens slots is not wired yet).
+
+A slot of a schedule is opened once (its row is unique per schedule and slot, so two beats cannot both
+open it), then fanned out over the automation's entities in keyset pages. Each page is ONE transaction:
+it locks the slot row, reads the next entity keys after the slot's cursor, ingests one event per entity
+(the schedule's message, targeted at the automation, with the slot's time as ``now``) and advances the
+cursor. A page delivered twice, or re-run after its worker died, resumes from the committed cursor, and
+every event carries an idempotency key per (schedule, slot, entity): a pulse applies at most once per
+entity, through the engine's usual per-key guarantees, and reaches every entity that existed at the slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from garrison.automations.schedules import PulseSchedule, state_matches
+from garrison.clock import as_utc
+from garrison.db import Database
+from garrison.errors import NotFound
+from garrison.ingest import EventIn, IngestedEvent, write_events
+from garrison.models import ENTITIES
+from garrison.models.pulses import PULSE_SLOTS, SCHEDULES
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedSlot:
+    id: int
+    status: str
+    reason: str | None
+
+
+def schedule_values(spec: PulseSchedule) -> dict[str, Any]:
+    period = spec.period
+    return {
+        "automation": spec.automation, "message": spec.message, "data": dict(spec.data), "cron": spec.cron,
+        "every_seconds": None if period is None else period.total_seconds(), "timezone": spec.timezone,
+        "where": None if spec.where is None else dict(spec.where), "missed": spec.missed,
+        "missed_limit": spec.missed_limit, "overlap": spec.overlap, "grace": spec.grace,
+    }
+
+
+def spec_of(row: Any) -> PulseSchedule:
+    return PulseSchedule(
+        name=row.name, automation=row.automation, message=row.message, cron=row.cron,
+        every=None if row.every_seconds is None else timedelta(seconds=row.every_seconds),
+        timezone=row.timezone, data=row.data or {}, where=row.where, missed=row.missed,
+        missed_limit=row.missed_limit, overlap=row.overlap, grace=row.grace,
+    )
+
+
+def save_schedule(db: Database, tenant: str, spec: PulseSchedule, now: datetime, *, source: str = "sql") -> int:
+    """Create or update a schedule (by tenant and name); a new one starts at its next slot after ``now``."""
+    values = schedule_values(spec)
+    with db.session() as s:
+        row = {**values, "tenant": tenant, "name": spec.name, "source": source, "paused": False,
+               "next_slot": spec.next_after(now), "created_at": now, "updated_at": now}
+        [(schedule_id,)] = db.execute_upsert(
+            s, SCHEDULES, [row], ["tenant", "name"],
+            update={**{k: (lambda ex, k=k: getattr(ex, k)) for k in values}, "updated_at": lambda ex: ex.updated_at},
+            returning=[SCHEDULES.c.id],
+        )
+        return int(schedule_id)
+
+
+def open_slot(db: Database, tenant: str, schedule_id: int, slot: datetime, now: datetime) -> OpenedSlot | None:
+    """Record that ``slot`` of the schedule fires. None when it was opened already (by this beat or
+    another). Under the ``skip`` overlap policy, a slot due while an earlier one still runs is recorded
+    as skipped, with the reason, and sends nothing."""
+    with db.session() as s:
+        schedule = s.execute(
+            select(SCHEDULES).where(SCHEDULES.c.tenant == tenant, SCHEDULES.c.id == schedule_id).with_for_update()
+        ).first()
+        if schedule is None:
+            raise NotFound("no such schedule", tenant=tenant, schedule=schedule_id)
+        running = s.execute(
+            select(PULSE_SLOTS.c.slot).where(
+                PULSE_SLOTS.c.tenant == tenant, PULSE_SLOTS.c.schedule_id == schedule_id,
+                PULSE_SLOTS.c.status == "running", PULSE_SLOTS.c.slot != slot,
+            ).limit(1)
+        ).first()
+        status, reason = "running", None
+        if running is not None and schedule.overlap == "skip":
+            status, reason = "skipped", f"overlap: the slot of {as_utc(running.slot).isoformat()} was still running"
+        total = None
+        if status == "running":
+            total = s.execute(
+                select(func.count()).where(
+                    ENTITIES.c.tenant == tenant, ENTITIES.c.automation == schedule.automation,
+                    ENTITIES.c.created_at <= slot,
+                )
+            ).scalar_one()
+        rows = db.execute_upsert(
+            s, PULSE_SLOTS,
+            [{"tenant": tenant, "schedule_id": schedule_id, "schedule": schedule.name, "slot": slot,
+              "status": status, "reason": reason, "total": total, "done": 0, "started_at": now,
+              "updated_at": now, "finished_at": now if status == "skipped" else None}],
+            ["tenant", "schedule_id", "slot"], returning=[PULSE_SLOTS.c.id],
+        )
+        if not rows:
+            return None
+        return OpenedSlot(int(rows[0][0]), status, reason)
+
+
+def fan_out_chunk(
+    db: Database, tenant: str, slot_id: int, now: datetime, chunk: int = 1000
+) -> list[IngestedEvent] | None:
+    """Send the slot's message to the next ``chunk`` entities, in one transaction. Returns the events
+    written (possibly none, when no entity in the page matched the schedule's filter), or None once the
+    slot is finished (every entity sent, or the slot skipped)."""
+    with db.session() as s:
+        slot = s.execute(
+            select(PULSE_SLOTS).where(PULSE_SLOTS.c.tenant == tenant, PULSE_SLOTS.c.id == slot_id).with_for_update()
+        ).first()
+        if slot is None:
+            raise NotFound("no such pulse slot", tenant=tenant, slot=slot_id)
+        if slot.status != "running":
+            return None
+        schedule = s.execute(
+            select(SCHEDULES).where(SCHEDULES.c.tenant == tenant, SCHEDULES.c.id == slot.schedule_id)
+        ).first()
+        if schedule is None:
+            raise NotFound("no such schedule", tenant=tenant, schedule=slot.schedule_id)
+        at = as_utc(slot.slot)
+        # The state is read only when a filter needs it.
+        columns = [ENTITIES.c.key, ENTITIES.c.state] if schedule.where else [ENTITIES.c.key]
+        query = select(*columns).where(
+            ENTITIES.c.tenant == tenant, ENTITIES.c.automation == schedule.automation, ENTITIES.c.created_at <= at,
+        )
+        if slot.cursor is not None:
+            query = query.where(ENTITIES.c.key > slot.cursor)
+        page = s.execute(query.order_by(ENTITIES.c.key).limit(chunk)).all()
+        data = {**(schedule.data or {}), "now": at.timestamp(), "slot": at.isoformat()}
+        events = [
+            EventIn(
+                tenant=tenant, name=schedule.message, key=row.key, data=data, target=schedule.automation,
+                idempotency_key=pulse_key(slot.schedule_id, at, row.key),
+            )
+            for row in page
+            if not schedule.where or state_matches(row.state, schedule.where)
+        ]
+        written = write_events(s, db, events, now) if events else []
+        finished = len(page) < chunk
+        s.execute(
+            update(PULSE_SLOTS)
+            .where(PULSE_SLOTS.c.tenant == tenant, PULSE_SLOTS.c.id == slot_id)
+            .values(
+                cursor=page[-1].key if page else slot.cursor, done=PULSE_SLOTS.c.done + len(page), updated_at=now,
+                status="done" if finished else "running", finished_at=now if finished else None,
+            )
+        )
+        return written
+
+
+def slot_progress(db: Database, tenant: str, slot_id: int) -> tuple[int, int | None]:
+    """(entities done, total) of a pulse slot."""
+    with db.session() as s:
+        row = s.execute(
+            select(PULSE_SLOTS.c.done, PULSE_SLOTS.c.total)
+            .where(PULSE_SLOTS.c.tenant == tenant, PULSE_SLOTS.c.id == slot_id)
+        ).one()
+    return int(row.done), row.total
+
+
+def pulse_key(schedule_id: int, slot: datetime, key: str) -> str:
+    """The idempotency key of one pulse event: one per (schedule, slot, entity)."""
+    text = f"pulse:{schedule_id}:{slot.isoformat()}:{key}"
+    if len(text) <= 255:
+        return text
+    digest = hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
+    return f"pulse:{schedule_id}:{slot.isoformat()}:sha1:{digest}"
+
+
+__all__ = [
+    "OpenedSlot", "fan_out_chunk", "open_slot", "pulse_key", "save_schedule", "slot_progress", "spec_of",
+]

@@ -1,0 +1,121 @@
+"""Pulse fan-out (issue 4's core, driven directly: the beat scheduler that opens slots comes next).
+Against the real database, both backends: every entity at most once per slot, duplicates harmless."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from garrison import FrozenClock, Garrison, NullPublisher, Settings
+from garrison.automations.pulses import fan_out_chunk, open_slot, save_schedule
+from garrison.automations.schedules import PulseSchedule
+from garrison.models import ENTITIES, EVENTS, PULSE_SLOTS
+from tests.test_examples import load
+from tests.test_timers import analyze
+
+START = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def offline(settings_for: Callable[..., Settings], backend: str, **kwargs: object) -> Garrison:
+    settings = settings_for(backend, **kwargs)
+    return Garrison(settings, publisher=NullPublisher(), clock=FrozenClock(START))
+
+
+def run_slot(client: Garrison, slot_id: int, chunk: int) -> int:
+    """Fan a slot out page by page; returns the number of pages."""
+    pages = 0
+    while fan_out_chunk(client.db, client.settings.tenant, slot_id, client.clock.now(), chunk) is not None:
+        pages += 1
+    return pages
+
+
+def test_a_pulse_reaches_every_entity_once_even_when_pages_and_slots_are_repeated(
+    settings_for: Callable[..., Settings], backend: str
+) -> None:
+    client = offline(settings_for, backend)
+    tenant = client.settings.tenant
+    client.ingest_many({"name": "add", "key": f"k{n:05d}", "target": "counter"} for n in range(2_500))
+    analyze(client)
+    client.run_pending(effects=False)  # the counter's listener effects are not the point
+    schedule_id = save_schedule(client.db, tenant, PulseSchedule("tick", "counter", "add", every="1m"), START)
+    slot = START + timedelta(minutes=1)
+    assert isinstance(client.clock, FrozenClock)
+    client.clock.advance(61)
+    opened = open_slot(client.db, tenant, schedule_id, slot, client.clock.now())
+    assert opened is not None and opened.status == "running"
+    assert open_slot(client.db, tenant, schedule_id, slot, client.clock.now()) is None  # a second beat
+    first = fan_out_chunk(client.db, tenant, opened.id, client.clock.now(), 400)
+    assert first is not None and len(first) == 400
+    client.ingest_many(  # a page's events sent again (a duplicated task's insert): all refused as duplicates
+        {"name": "add", "key": e.key, "target": "counter", "data": e.data, "idempotency_key": e.idempotency_key}
+        for e in first
+    )
+    assert run_slot(client, opened.id, 400) == 6  # the rest: 2,100 entities in pages of 400, the last short
+    assert fan_out_chunk(client.db, tenant, opened.id, client.clock.now(), 400) is None  # a late duplicate
+    client.run_pending(effects=False)  # the counter's listener effects are not the point
+
+    with client.db.session() as s:
+        states = s.execute(select(ENTITIES.c.state).where(ENTITIES.c.tenant == tenant,
+                                                          ENTITIES.c.automation == "counter")).scalars().all()
+    assert len(states) == 2_500 and {state["count"] for state in states} == {2}  # created once, pulsed once
+    with client.db.session() as s:
+        pulses = s.execute(
+            select(func.count()).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.like("pulse:%"))
+        ).scalar_one()
+        row = s.execute(select(PULSE_SLOTS).where(PULSE_SLOTS.c.id == opened.id)).one()
+    assert pulses == 2_500
+    assert (row.status, row.total, row.done) == ("done", 2_500, 2_500)
+    assert client.state("counter", "k00007")["applied"][-1] == ["", 0]
+
+
+def test_a_pulse_skips_entities_created_after_its_slot_and_those_its_filter_excludes(
+    settings_for: Callable[..., Settings], backend: str
+) -> None:
+    client = offline(settings_for, backend)
+    tenant = client.settings.tenant
+    example = load("support_inquiry")
+    client.register(example.inquiry)
+    example.OUTBOX.clear()
+    start = START.timestamp()
+    for key, name in (("1", "ryan"), ("2", "ana"), ("3", "ivy")):
+        example.inquiry.send("initialInquiry", key, {"name": name, "when": start}, client=client)
+    example.inquiry.send("respond", "2", {}, client=client)
+    client.run_pending()
+    spec = PulseSchedule("timeouts", "inquiry", "checkTimeout", cron="* * * * * */5", where={"status": ["inquired"]})
+    schedule_id = save_schedule(client.db, tenant, spec, START)
+    assert isinstance(client.clock, FrozenClock)
+    client.clock.advance(30)
+    slot = START + timedelta(seconds=20)
+    example.inquiry.send("initialInquiry", "4", {"name": "late", "when": start + 30}, client=client)  # after the slot
+    client.run_pending()
+    opened = open_slot(client.db, tenant, schedule_id, slot, client.clock.now())
+    assert opened is not None
+    run_slot(client, opened.id, 2)
+    client.run_pending()
+    states = {k: client.state("inquiry", k)["status"] for k in "1234"}
+    # Timed out after 10 s (the example's timeoutAfter): ryan and ivy; ana responded; "late" came after the slot.
+    assert states == {"1": "timeout", "2": "responded", "3": "timeout", "4": "inquired"}
+    assert sorted(example.OUTBOX) == [("bob@help.com", "The person ivy has not responded"),
+                                      ("bob@help.com", "The person ryan has not responded")]
+
+
+def test_a_slot_due_while_the_previous_one_runs_is_skipped_and_recorded(
+    settings_for: Callable[..., Settings], backend: str
+) -> None:
+    client = offline(settings_for, backend)
+    tenant = client.settings.tenant
+    client.ingest_many({"name": "add", "key": f"k{n}", "target": "counter"} for n in range(10))
+    client.run_pending()
+    schedule_id = save_schedule(client.db, tenant, PulseSchedule("tick", "counter", "add", every="1s"), START)
+    now = START + timedelta(seconds=5)
+    first = open_slot(client.db, tenant, schedule_id, START + timedelta(seconds=1), now)
+    second = open_slot(client.db, tenant, schedule_id, START + timedelta(seconds=2), now)
+    assert first is not None and first.status == "running"
+    assert second is not None and second.status == "skipped"
+    assert second.reason is not None and "still running" in second.reason
+    assert fan_out_chunk(client.db, tenant, second.id, now) is None  # a skipped slot sends nothing
+    run_slot(client, first.id, 100)
+    third = open_slot(client.db, tenant, schedule_id, START + timedelta(seconds=3), now)
+    assert third is not None and third.status == "running"

@@ -4,9 +4,13 @@
 2. throughput.py --patch recordset: the same garrison run with the proposed bulk statements
    (benchmarks/proposals.py) patched in, to show what they gain end to end.
 3. profile_engine.py: where ingest_many and Engine.process spend their time, and each proposal's gain.
+4. timers.py: 100,000 far + 10,000 near durable timers, one worker: memory, lateness, duplicates, losses.
+5. journeys.py: 5,000 users through an onboarding-like journey, garrison next to a naive raw-Celery version.
+6. pulses.py: a checkTimeout pulse over 100,000 entities, garrison next to one raw Celery task per entity.
 
 Arguments are handed to throughput.py (e.g. ``--repeat 1``, ``--embedded``). ``--quick`` runs only
-step 1, once; ``--no-profile`` skips steps 2 and 3.
+step 1, once; ``--no-profile`` skips steps 2 and 3; ``--no-timers``, ``--no-journeys`` and ``--no-pulses``
+skip 4, 5 and 6 (which need PostgreSQL + Redis, so ``--embedded`` skips them too).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import profile_engine, throughput  # noqa: E402
+from benchmarks import journeys, profile_engine, pulses, throughput, timers  # noqa: E402
 
 
 def _reachable(port: int) -> bool:
@@ -33,7 +37,10 @@ def _reachable(port: int) -> bool:
 def main(argv: list[str]) -> int:
     quick = "--quick" in argv
     no_profile = "--no-profile" in argv or quick
-    args = [a for a in argv if a not in ("--quick", "--no-profile")]
+    no_timers = "--no-timers" in argv or quick
+    no_journeys = "--no-journeys" in argv or quick
+    no_pulses = "--no-pulses" in argv or quick
+    args = [a for a in argv if a not in ("--quick", "--no-profile", "--no-timers", "--no-journeys", "--no-pulses")]
     embedded = "--embedded" in args
     if not embedded:
         missing = [name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _reachable(port)]
@@ -49,6 +56,15 @@ def main(argv: list[str]) -> int:
         throughput.main([*args, "--patch", "recordset", "--raw", "none"])
         print("\n" + "=" * 100 + "\n")
         profile_engine.main([])
+    if not no_timers and not embedded:
+        print("\n" + "=" * 100 + "\n")
+        timers.main([])
+    if not no_journeys and not embedded:
+        print("\n" + "=" * 100 + "\n")
+        journeys.main([])
+    if not no_pulses and not embedded:
+        print("\n" + "=" * 100 + "\n")
+        pulses.main([])
     return 0
 
 

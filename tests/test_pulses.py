@@ -119,3 +119,31 @@ def test_a_slot_due_while_the_previous_one_runs_is_skipped_and_recorded(
     run_slot(client, first.id, 100)
     third = open_slot(client.db, tenant, schedule_id, START + timedelta(seconds=3), now)
     assert third is not None and third.status == "running"
+
+
+def test_a_pulse_key_is_the_same_whichever_path_wrote_it_even_for_keys_too_long_to_embed(
+    settings_for: Callable[..., Settings], backend: str
+) -> None:
+    """PostgreSQL writes a page in one server-side statement that computes the idempotency key in SQL;
+    it must be exactly pulse_key(), including the sha256 form for keys too long to embed."""
+    from garrison.automations.pulses import pulse_key
+
+    client = offline(settings_for, backend)
+    tenant = client.settings.tenant
+    keys = ["short", "é" * 10, "x" * 250, "ü" * 240]
+    client.ingest_many({"name": "add", "key": k, "target": "counter"} for k in keys)
+    client.run_pending(effects=False)
+    schedule_id = save_schedule(client.db, tenant, PulseSchedule("tick", "counter", "add", every="1m"), START)
+    slot = START + timedelta(minutes=1)
+    assert isinstance(client.clock, FrozenClock)
+    client.clock.advance(61)
+    opened = open_slot(client.db, tenant, schedule_id, slot, client.clock.now())
+    assert opened is not None
+    written = fan_out_chunk(client.db, tenant, opened.id, client.clock.now(), 10)
+    assert written is not None and sorted(e.key for e in written) == sorted(keys)
+    with client.db.session() as s:
+        stored = dict(s.execute(select(EVENTS.c.key, EVENTS.c.idempotency_key).where(
+            EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.like("pulse:%"))).all())
+    assert stored == {k: pulse_key(schedule_id, slot, k) for k in keys}
+    assert all(len(v) <= 255 for v in stored.values()) and "sha256:" in stored["x" * 250]
+    assert fan_out_chunk(client.db, tenant, opened.id, client.clock.now(), 10) is None  # the slot is done

@@ -105,7 +105,8 @@ class Garrison:
         return tenant
 
     def init_db(self) -> None:
-        """Create garrison's tables (``garrison db init``)."""
+        """Create garrison's tables from the models, for scripts, tests and the demo. Production uses
+        ``garrison db upgrade`` (migrations, with the revision recorded); it adopts a database made here."""
         self.db.create_all()
 
     # -- ingest -------------------------------------------------------------------------------

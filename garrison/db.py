@@ -41,7 +41,11 @@ class Database:
         metadata.create_all(self.engine)
 
     def drop_all(self) -> None:
+        """Drop every garrison table, and the migration history with them (so ``garrison db upgrade``
+        afterwards starts from an empty database rather than trusting a revision whose tables are gone)."""
         metadata.drop_all(self.engine)
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS garrison_alembic_version")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -5,12 +5,18 @@
     GarrisonError
     ├── ConfigurationError      settings that cannot work (names the field)
     ├── ValidationError         an ingest or send argument refused (names the field); nothing written
-    │   └── PayloadTooLarge
+    │   ├── PayloadTooLarge
+    │   └── UnknownNode         a node name its node system does not define (names the system and node)
     ├── DefinitionError         an automation defined wrongly (names the automation and the part)
     ├── UnknownAutomation       a name the registry does not have
     ├── NotFound                an entity, failure or run that does not exist for this tenant
     ├── ReplayMismatch          a replay or determinism check found a stored state it cannot reproduce
-    └── DeterminismError        a journey's code no longer makes the calls its live run's history recorded
+    ├── DeterminismError        a journey's code no longer makes the calls its live run's history recorded
+    ├── VersionMismatch         a statechart event or snapshot of another machine version (names both)
+    └── ActorError              an actor held outside the worker (garrison.actors) cannot go on
+        ├── ActorLocked         another owner holds its lease past the acquire timeout (names the holder)
+        ├── LeaseLost           its read-write lease expired or was taken before save: nothing was saved
+        └── EventFailed         a sent event failed when the engine applied it (names the event, failure)
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ class PayloadTooLarge(ValidationError):
     """The event data is larger than ``GARRISON_MAX_PAYLOAD_BYTES``."""
 
 
+class UnknownNode(ValidationError):
+    """A node system was asked for a node it does not define (``field`` is ``node``); nothing written."""
+
+
 class DefinitionError(GarrisonError):
     """An automation was defined wrongly: raised at import, naming the automation and the part."""
 
@@ -67,3 +77,45 @@ class DeterminismError(GarrisonError):
     """A journey run was re-executed and its code made a different call than the one its history
     recorded at that position (the code changed under a live run, or depends on something other than
     its inputs). The run is failed with this error; it names the operation."""
+
+
+class VersionMismatch(GarrisonError):
+    """A statechart was handed an event stamped for another version of it (or another machine), or a
+    snapshot stored by another version it has no migration from. Names ``expected`` and ``got``."""
+
+    automation: str
+    key: str | None
+    expected: int
+    got: Any
+
+
+class ActorError(GarrisonError):
+    """An actor held outside the worker (:mod:`garrison.actors`) cannot go on. Names the actor."""
+
+    automation: str
+    key: str
+    tenant: str
+
+
+class ActorLocked(ActorError):
+    """The actor's lease is held by another owner (``holder``) and was not freed within the acquire
+    timeout. Nothing was loaded or saved."""
+
+    holder: str | None
+    expires_at: Any
+    attempts: int
+
+
+class LeaseLost(ActorError):
+    """A read-write actor's lease expired (or another owner took it) before ``save``: nothing was saved.
+    Hold actors for less than their lease TTL, or call ``actor.renew()``."""
+
+
+class EventFailed(ActorError):
+    """An event an actor saved was ingested but failed when applied (its action raised, or another
+    version refused it): the message is marked failed (``failure_id``, retryable from the CLI).
+    ``result`` is the :class:`~garrison.actors.SaveResult` of the whole save."""
+
+    event: str
+    failure_id: int | None
+    result: Any

@@ -24,7 +24,7 @@ from tests.harness import ROOT, child_env, wait_until
 
 COMMANDS = [
     [], ["db"], ["db", "init"], ["worker"], ["beat"], ["ingest"], ["inspect"], ["replay"], ["retry"], ["runs"],
-    ["cancel"], ["demo"],
+    ["cancel"], ["demo"], ["db", "upgrade"], ["serve"], ["pulses"],
 ]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -92,6 +92,11 @@ class Outcome:
 # immutable, so a handler that reads it stays deterministic.
 Lookup = Callable[[str | None, int, int], list[Message]]
 
+# ``read(automation, keys)``: the committed ``(state, version)`` of other entities of the tenant, read in
+# the engine's own transaction (a key with no stored state is absent). For styles whose handlers look at
+# other entities (node views); never this batch's writes, which are stored only when it commits.
+Reader = Callable[[str, Sequence[str]], Mapping[str, tuple[Any, int]]]
+
 
 @dataclass(frozen=True, slots=True)
 class ApplyContext:
@@ -108,6 +113,7 @@ class ApplyContext:
     replay: bool = False
     lookup: Lookup | None = None
     max_payload_bytes: int = 256 * 1024
+    read: Reader | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +135,10 @@ class Automation(ABC):
     style: str = "automation"
     # Pulses defined in code next to the automation (``@machine.pulse``); beat syncs them to SQL.
     pulses: tuple[Any, ...] = ()
+    # False for a style whose state may also change outside the event log (node state's ``set`` from a
+    # script): ``replay`` cannot rebuild it from the log and skips it, and ``check`` skips the versions
+    # that no message produced.
+    replayable: bool = True
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name.strip():

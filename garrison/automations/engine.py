@@ -25,6 +25,7 @@ from garrison.clock import Clock, as_utc
 from garrison.config import Settings
 from garrison.db import Database
 from garrison.ingest import EventIn, write_events
+from garrison.logs import log_context
 from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, RUNS, STREAMS, TIMERS, VERSIONS
 
 log = logging.getLogger("garrison.engine")
@@ -68,6 +69,23 @@ def lookup_in(session: Any, tenant: str, key: str) -> Any:
         return messages
 
     return lookup
+
+
+def reader_in(session: Any, tenant: str) -> Any:
+    """A :data:`~garrison.automations.base.Reader` on ``session``: other entities' stored states."""
+
+    def read(automation: str, keys: Sequence[str]) -> dict[str, tuple[Any, int]]:
+        if not keys:
+            return {}
+        rows = session.execute(
+            select(ENTITIES.c.key, ENTITIES.c.state, ENTITIES.c.version).where(
+                ENTITIES.c.tenant == tenant, ENTITIES.c.automation == automation,
+                ENTITIES.c.key.in_(sorted(set(keys))), ENTITIES.c.version > 0,
+            )
+        )
+        return {r.key: (r.state, r.version) for r in rows}
+
+    return read
 
 
 @dataclass(slots=True)
@@ -149,6 +167,7 @@ class Engine:
             effects: list[dict[str, Any]] = []
             failures: list[dict[str, Any]] = []
             extras = _Extras()
+            reader = reader_in(s, tenant)
             last_seq: dict[str, int] = {}
             for row in rows:
                 message = to_message(tenant, row)
@@ -160,15 +179,17 @@ class Engine:
                         slot.cursor = row.seq
                         slot.dirty = True
                     try:
-                        outcome = automation.apply(
-                            slot.state,
-                            message,
-                            ApplyContext(
-                                tenant=tenant, key=row.key, now=message.created_at, version=slot.version,
-                                lookup=lookup_in(s, tenant, row.key),
-                                max_payload_bytes=self.settings.max_payload_bytes,
-                            ),
-                        )
+                        with log_context(automation=automation.name, key=row.key, event_id=row.id):
+                            outcome = automation.apply(
+                                slot.state,
+                                message,
+                                ApplyContext(
+                                    tenant=tenant, key=row.key, now=message.created_at, version=slot.version,
+                                    lookup=lookup_in(s, tenant, row.key),
+                                    max_payload_bytes=self.settings.max_payload_bytes,
+                                    read=reader,
+                                ),
+                            )
                     except Exception as exc:  # noqa: BLE001 - a handler's error is data (guarantee 7)
                         result.failed += 1
                         log.warning(

@@ -16,6 +16,7 @@ from garrison.automations.engine import EFFECTS, EVENTS, STREAMS, BatchResult, p
 from garrison.automations.timers import eta_buckets, fire_due, overdue, promote, timer_tenants
 from garrison.client import Garrison
 from garrison.errors import NotFound
+from garrison.logs import log_context
 
 log = logging.getLogger("garrison.runner")
 
@@ -71,7 +72,12 @@ class Runner:
         self.client = client
 
     def run_keys(self, tenant: str, keys: Sequence[str]) -> list[BatchResult]:
-        """Apply everything pending for ``keys``, looping while more messages arrive for them."""
+        """Apply everything pending for ``keys``, looping while more messages arrive for them. Log lines
+        made meanwhile carry the tenant (and the key, when there is one)."""
+        with log_context(tenant=tenant, key=keys[0] if len(keys) == 1 else None):
+            return self._run_keys(tenant, keys)
+
+    def _run_keys(self, tenant: str, keys: Sequence[str]) -> list[BatchResult]:
         engine = self.client.engine
         results: list[BatchResult] = []
         pending = list(keys)
@@ -120,6 +126,10 @@ class Runner:
     def fire_timers(self, tenant: str) -> int:
         """Fire every timer of ``tenant`` due now (claim + ingest its event), then apply the woken keys:
         inline when they are few, else as ``garrison.process`` tasks for the fleet. Returns how many fired."""
+        with log_context(tenant=tenant):
+            return self._fire_timers(tenant)
+
+    def _fire_timers(self, tenant: str) -> int:
         settings = self.client.settings
         total = 0
         while True:
@@ -147,15 +157,16 @@ class Runner:
         from garrison.automations.pulses import fan_out_chunk, slot_progress
 
         sent = 0
-        while True:
-            events = fan_out_chunk(self.client.db, tenant, slot_id, self.client.clock.now(), chunk)
-            if events is None:
-                return sent
-            sent += len(events)
-            if events:
-                self.client.wake(events)
-            if progress is not None:
-                progress(*slot_progress(self.client.db, tenant, slot_id))
+        with log_context(tenant=tenant, slot_id=slot_id):
+            while True:
+                events = fan_out_chunk(self.client.db, tenant, slot_id, self.client.clock.now(), chunk)
+                if events is None:
+                    return sent
+                sent += len(events)
+                if events:
+                    self.client.wake(events)
+                if progress is not None:
+                    progress(*slot_progress(self.client.db, tenant, slot_id))
 
     def perform_effect(self, tenant: str, effect_id: int, *, final_attempt: bool = True) -> bool:
         """Perform one effect unless it is done already. Returns True when it ran now."""
@@ -174,7 +185,8 @@ class Runner:
             idempotency_key=f"{tenant}:effect:{effect_id}", client=self.client, final_attempt=final_attempt,
         )
         try:
-            automation.perform(EffectSpec(row["kind"], row["payload"]), ctx)
+            with log_context(tenant=tenant, automation=row["automation"], key=row["key"], effect_id=effect_id):
+                automation.perform(EffectSpec(row["kind"], row["payload"]), ctx)
         except Exception as exc:
             with db.session() as s:
                 s.execute(
@@ -298,6 +310,10 @@ class Runner:
         tenant and perform its effects inline, until nothing is left. Returns the number of messages
         applied. For tests (with a :class:`~garrison.clock.FrozenClock`), scripts and replay."""
         tenant = self.client.tenant_of(tenant)
+        with log_context(tenant=tenant):
+            return self._run_pending(tenant, effects)
+
+    def _run_pending(self, tenant: str, effects: bool) -> int:
         engine = self.client.engine
         total = 0
         while True:

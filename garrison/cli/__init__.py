@@ -6,11 +6,14 @@ import os
 import sys
 
 from garrison.cli.commands import cli
-from garrison.cli.operate import register
+from garrison.cli.operate import register, watch
 from garrison.cli.pulses import pulses
+from garrison.cli.serve import serve
 
 register(cli)
 cli.add_command(pulses)
+pulses.add_command(watch)
+cli.add_command(serve)
 
 
 def main() -> None:

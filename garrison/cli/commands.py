@@ -11,11 +11,13 @@ import functools
 import json
 import logging
 import os
+import re
+import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TextIO, TypeVar
 
 import click
 
@@ -23,6 +25,7 @@ from garrison import __version__
 from garrison.client import Garrison
 from garrison.config import Settings
 from garrison.errors import ConfigurationError, GarrisonError, ValidationError
+from garrison.logs import ContextFilter, JsonFormatter, context_suffix
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,6 +57,14 @@ class Context:
         if self._client is not None:
             self._client.db.dispose()
 
+    @property
+    def log_format(self) -> str:
+        """``GARRISON_LOG_FORMAT``; ``text`` while the settings cannot be read (that error is reported)."""
+        try:
+            return self.settings.log_format
+        except GarrisonError:
+            return "text"
+
 
 pass_context = click.make_pass_decorator(Context)
 
@@ -82,22 +93,33 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 class _EchoHandler(logging.Handler):
-    """Warnings (a broker that is down, say) as one line on stderr each, without a traceback."""
+    """Warnings (a broker that is down, say) as one line on stderr each, without a traceback, with the
+    tenant / automation / key they are about; a JSON object per line under ``GARRISON_LOG_FORMAT=json``."""
+
+    def __init__(self, obj: Context) -> None:
+        super().__init__(logging.WARNING)
+        self.obj = obj
+        self.context = ContextFilter()
 
     def filter(self, record: logging.LogRecord) -> bool:
         # kombu warns that ``filesystem://`` (the embedded default) names no host; that transport needs none.
-        return not (record.name == "kombu.connection" and record.getMessage().startswith("No hostname"))
+        if record.name == "kombu.connection" and record.getMessage().startswith("No hostname"):
+            return False
+        return self.context.filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.obj.log_format == "json":
+            click.echo(JsonFormatter().format(record), err=True)
+            return
         error = f" ({record.exc_info[1]!r})" if record.exc_info and record.exc_info[1] else ""
-        click.echo(f"{record.levelname.lower()}: {record.getMessage()}{error}", err=True)
+        click.echo(f"{record.levelname.lower()}: {record.getMessage()}{error}{context_suffix(record)}", err=True)
 
 
 def _log_warnings(ctx: click.Context) -> None:
     """Show warnings while the command runs (worker and beat have Celery's logging instead)."""
     root = logging.getLogger()
     if not any(isinstance(h, _EchoHandler) for h in root.handlers):
-        handler = _EchoHandler(logging.WARNING)
+        handler = _EchoHandler(ctx.obj)
         root.addHandler(handler)
         ctx.call_on_close(lambda: root.removeHandler(handler))
 
@@ -145,9 +167,67 @@ def db() -> None:
 @pass_context
 @reports_errors
 def db_init(obj: Context) -> None:
-    """Create garrison's tables (those that exist are left as they are)."""
-    obj.client.init_db()
-    click.echo(f"garrison tables ready in {_safe_url(obj.settings.database_url)}")
+    """Make garrison's tables ready: `garrison db upgrade` to the latest revision.
+
+    An empty database gets every table; one made before migrations existed is adopted; one at the
+    latest revision is left as it is.
+    """
+    from garrison import migrate
+
+    done = migrate.upgrade(obj.settings)
+    _check_schema(obj.settings)
+    click.echo(f"garrison tables ready in {_safe_url(obj.settings.database_url)} (revision {done.after})")
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@pass_context
+@reports_errors
+def db_upgrade(obj: Context, revision: str) -> None:
+    """Migrate garrison's tables to REVISION (default: the latest). Run it on every deploy, before the
+    workers start; running it again changes nothing. Two at once are safe: one waits for the other."""
+    from garrison import migrate
+
+    done = migrate.upgrade(obj.settings, revision)
+    url = _safe_url(obj.settings.database_url)
+    if done.adopted:
+        click.echo(f"adopted tables made before migrations in {url} at revision {migrate.BASELINE}")
+    if done.before != done.after:
+        click.echo(f"upgraded garrison tables in {url}: {done.before or 'empty'} -> {done.after}")
+    elif not done.adopted:
+        click.echo(f"garrison tables in {url} already at revision {done.after}; nothing to do")
+    if revision == "head":
+        _check_schema(obj.settings)
+
+
+@db.command("current")
+@pass_context
+@reports_errors
+def db_current(obj: Context) -> None:
+    """Print the database's revision and the latest one this garrison knows."""
+    from garrison import migrate
+
+    at = migrate.current(obj.settings)
+    latest = migrate.head()
+    state = "up to date" if at == latest else "run `garrison db upgrade`"
+    click.echo(f"database at {at or 'no revision'}; latest {latest} ({state})")
+
+
+@db.command("check")
+@pass_context
+@reports_errors
+def db_check(obj: Context) -> None:
+    """Exit 1 (listing the differences) when garrison's tables differ from its models."""
+    _check_schema(obj.settings)
+    click.echo("garrison tables match the models")
+
+
+def _check_schema(settings: Settings) -> None:
+    from garrison import migrate
+
+    differences = migrate.check(settings)
+    if differences:
+        fail("garrison's tables differ from its models:\n  " + "\n  ".join(differences), 1)
 
 
 def _safe_url(url: str) -> str:
@@ -228,18 +308,27 @@ def beat(obj: Context, loglevel: str | None, celery_args: tuple[str, ...]) -> No
 
 
 @cli.command()
-@click.argument("name")
-@click.argument("key")
-@click.argument("data", metavar="JSON", default="{}")
-@click.option("--tenant", help="Tenant (default: GARRISON_TENANT).")
+@click.argument("name", required=False)
+@click.argument("key", required=False)
+@click.argument("data", metavar="JSON", required=False)
+@click.option("--tenant", help="Tenant (default: GARRISON_TENANT); with --file, of the lines that name none.")
 @click.option("--idempotency-key", help="The same key twice (per tenant) stores the event once.")
 @click.option("--target", metavar="AUTOMATION", help="Deliver to this automation only (a machine's reducer name).")
-@click.option("--json", "as_json", is_flag=True, help="Print the stored event as JSON.")
+@click.option("--file", "source", type=click.File("r", encoding="utf-8"), metavar="PATH",
+              help="Store the events of a JSON-lines file (- for stdin) instead of NAME KEY JSON.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="With --file: events per transaction.")
+@click.option("--from-line", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --file: skip the lines before this one (to resume after a refused batch).")
+@click.option("--progress/--no-progress", default=None,
+              help="With --file: a progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored event (with --file: the counts) as JSON.")
 @pass_context
 @reports_errors
 def ingest(
-    obj: Context, name: str, key: str, data: str, tenant: str | None, idempotency_key: str | None,
-    target: str | None, as_json: bool,
+    obj: Context, name: str | None, key: str | None, data: str | None, tenant: str | None,
+    idempotency_key: str | None, target: str | None, source: TextIO | None, batch_size: int, from_line: int,
+    progress: bool | None, as_json: bool,
 ) -> None:
     """Store an event and wake its automations.
 
@@ -247,8 +336,25 @@ def ingest(
 
     \b
     garrison ingest initialInquiry ryan '{"name": "Ryan", "when": 1700000000}' --target support
+
+    With --file, stores one event per line: {"name": ..., "key": ..., "data": {...}}, and optionally
+    "tenant", "target", "idempotency_key", "system". Each batch of lines is one transaction. A bad line
+    stops the run (exit 2) naming the line and the field: nothing of its batch is stored, the batches
+    before it are, and --from-line resumes from its batch. With idempotency keys in the lines, running
+    the whole file again is safe too.
+
+    \b
+    garrison ingest --file events.jsonl
     """
-    text = sys.stdin.read() if data == "-" else data
+    if source is not None:
+        if name is not None or idempotency_key or target:
+            fail("with --file the events come from the file: put name, key, data, target and "
+                 "idempotency_key in its lines", 2)
+        _ingest_file(obj, source, tenant, batch_size, from_line, progress, as_json)
+        return
+    if name is None or key is None:
+        fail("give NAME and KEY (or --file PATH)", 2)
+    text = sys.stdin.read() if data == "-" else data or "{}"
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -266,6 +372,101 @@ def ingest(
         + (f", target {event.target}" if event.target else "")
     )
     click.echo(f"data {json.dumps(event.data, sort_keys=True)}")
+
+
+def _ingest_file(
+    obj: Context, source: TextIO, tenant: str | None, batch_size: int, from_line: int, progress: bool | None,
+    as_json: bool,
+) -> None:
+    """``ingest --file``: JSON lines in batches, each one ``ingest_many`` (one transaction)."""
+    from garrison.cli import render
+
+    client = obj.client
+    label = "stdin" if source.name in ("-", "<stdin>") else source.name
+    size = _file_size(source)
+    batch: list[tuple[int, dict[str, Any]]] = []
+    counts = {"events": 0, "stored": 0, "duplicates": 0, "batches": 0}
+    targets: set[tuple[str, str]] = set()
+
+    def flush(bar: Any) -> None:
+        try:
+            written = client.ingest_many([item for _, item in batch])
+        except ValidationError as exc:
+            match = re.match(r"events\[(\d+)\]\.?", exc.field)
+            number = batch[int(match.group(1))][0] if match else batch[0][0]
+            message = re.sub(r"^events\[\d+\]\.?\s*", "", exc.message)
+            field_name = exc.field[match.end():] if match else exc.field
+            raise _BadLine(number, f"{message} (field: {field_name})", batch[0][0]) from exc
+        counts["batches"] += 1
+        counts["events"] += len(written)
+        counts["duplicates"] += sum(e.duplicate for e in written)
+        counts["stored"] = counts["events"] - counts["duplicates"]
+        batch.clear()
+        bar.label = f"ingest {label}: {counts['events']:,} events"
+        bar.render_progress()
+
+    try:
+        with render.progress_bar(f"ingest {label}", size, show=progress) as bar:
+            for number, line in enumerate(source, 1):
+                bar.update(len(line.encode()) if size is not None else 1)
+                if number < from_line or not line.strip():
+                    continue
+                item = _parse_line(number, line, batch[0][0] if batch else number)
+                if tenant is not None:
+                    item.setdefault("tenant", tenant)
+                if isinstance(item.get("target"), str) and client.settings.automations:
+                    pair = (item["target"], str(item.get("name")))
+                    if pair not in targets:
+                        try:
+                            _check_target(client, *pair)
+                        except ValidationError as exc:
+                            raise _BadLine(number, f"{exc.message} (field: {exc.field})",
+                                           batch[0][0] if batch else number) from exc
+                        targets.add(pair)
+                batch.append((number, item))
+                if len(batch) >= batch_size:
+                    flush(bar)
+            if batch:
+                flush(bar)
+    except _BadLine as bad:
+        batches = counts["batches"]
+        done = f"; the lines before it were ({counts['events']:,} events in {batches} " + (
+            "batch)" if batches == 1 else "batches)") if batches else ""
+        fail(f"line {bad.line}: {bad.message}\nnothing from line {bad.resume} on was stored{done}\n"
+             f"resume with: garrison ingest --file {label if label != 'stdin' else '-'} --from-line {bad.resume}", 2)
+    if as_json:
+        click.echo(json.dumps({"source": label, **counts}, sort_keys=True))
+        return
+    plural = "" if counts["batches"] == 1 else "es"
+    click.echo(f"ingested {counts['events']:,} events from {label} in {counts['batches']} batch{plural}: "
+               f"{counts['stored']:,} stored, {counts['duplicates']:,} duplicates (idempotency key seen before)")
+
+
+class _BadLine(Exception):
+    """A refused line of ``ingest --file``; ``resume`` is the first line of its batch."""
+
+    def __init__(self, line: int, message: str, resume: int) -> None:
+        super().__init__(message)
+        self.line, self.message, self.resume = line, message, resume
+
+
+def _parse_line(number: int, line: str, resume: int) -> dict[str, Any]:
+    try:
+        item = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise _BadLine(number, f"not valid JSON: {exc.msg} (column {exc.colno})", resume) from exc
+    if not isinstance(item, dict):
+        raise _BadLine(number, 'must be a JSON object: {"name": ..., "key": ..., "data": {...}}', resume)
+    return item
+
+
+def _file_size(source: TextIO) -> int | None:
+    """Bytes in a regular file (the progress bar's length); None for a pipe or a terminal."""
+    try:
+        info = os.fstat(source.fileno())
+    except (OSError, ValueError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _check_target(client: Garrison, target: str, name: str) -> None:

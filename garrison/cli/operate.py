@@ -1,15 +1,17 @@
-"""Commands that look at and repair what is stored: ``inspect``, ``replay``, ``retry``, ``runs``, ``cancel``;
-and ``demo``."""
+"""Commands that look at and repair what is stored: ``inspect``, ``replay``, ``retry``, ``runs``, ``cancel``,
+``stats`` and ``pulses watch``; and ``demo``."""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from garrison.automations.replay import Mismatch
+from garrison.automations.replay import Mismatch, ReplayReport
 from garrison.automations.runs import STATUSES
 from garrison.cli import render
 from garrison.cli.commands import Context, fail, pass_context, reports_errors
@@ -58,10 +60,13 @@ def inspect_command(
     help="With --key: also re-derive every stored version from the one before it (proves reducers pure).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar per automation on stderr (default: when stderr is a terminal).")
 @pass_context
 @reports_errors
 def replay(
-    obj: Context, automation: str | None, key: str | None, tenant: str | None, versions: bool, as_json: bool
+    obj: Context, automation: str | None, key: str | None, tenant: str | None, versions: bool, as_json: bool,
+    progress: bool | None,
 ) -> None:
     """Rebuild state from the event log and compare.
 
@@ -71,7 +76,10 @@ def replay(
     client = obj.client
     if versions and key is None:
         fail("--versions needs --key", 2)
-    report = client.replay(automation, key, tenant=tenant)
+    if key is None and (sys.stderr.isatty() if progress is None else progress):
+        report = _replay_with_progress(obj, automation, tenant)
+    else:
+        report = client.replay(automation, key, tenant=tenant)
     history: list[Mismatch] = []
     checked: list[str] = []
     if versions and key is not None:
@@ -85,7 +93,7 @@ def replay(
     mismatches = [*report.mismatches, *history]
     if as_json:
         click.echo(json.dumps({
-            "entities": report.entities, "events": report.events, "ok": not mismatches,
+            "entities": report.entities, "events": report.events, "ok": not mismatches, "skipped": report.skipped,
             "mismatches": [asdict(m) for m in report.mismatches],
             "versions_checked": checked, "version_mismatches": [asdict(m) for m in history],
         }, indent=2, sort_keys=True))
@@ -93,6 +101,8 @@ def replay(
         verdict = "every stored state reproduced" if report.ok else f"{len(report.mismatches)} mismatched"
         summary = f"{_count(report.entities, 'entity', 'entities')}, {_count(report.events, 'event')}"
         click.echo(f"checked {summary}: {verdict}")
+        for name in report.skipped:
+            click.echo(f"skipped {name}: its state may change outside the event log (not rebuilt from it)")
         for m in report.mismatches:
             click.echo(_mismatch_line(m))
         for name in checked:
@@ -103,6 +113,105 @@ def replay(
             click.echo(_mismatch_line(m))
     if mismatches:
         raise click.exceptions.Exit(1)
+
+
+def _replay_with_progress(obj: Context, automation: str | None, tenant: str | None) -> ReplayReport:
+    """The replay of every entity, key by key so a bar can follow it: the same check, the same report."""
+    from garrison.stats import count_entities, entity_keys
+
+    client = obj.client
+    report = ReplayReport()
+    names = [client.registry.get(automation).name] if automation else [a.name for a in client.registry]
+    for name in names:
+        if not client.registry.get(name).replayable:
+            report.skipped.append(name)
+            continue
+        with render.progress_bar(f"replay {name}", count_entities(client, name, tenant=tenant), show=True) as bar:
+            after = ""
+            while keys := entity_keys(client, name, tenant=tenant, after=after):
+                for key in keys:
+                    part = client.replay(name, key, tenant=tenant)
+                    report.entities += part.entities
+                    report.events += part.events
+                    report.mismatches += part.mismatches
+                    bar.update(1)
+                after = keys[-1]
+    return report
+
+
+@click.command()
+@click.option("--tenant", help="Tenant (default: GARRISON_TENANT).")
+@click.option("--window", default="1m", show_default=True, help="Rates over this last span: 30s, 5m, 1h.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_context
+@reports_errors
+def stats(obj: Context, tenant: str | None, window: str, as_json: bool) -> None:
+    """Figures of a tenant, read from the database.
+
+    Events ingested per second over the window, messages waiting past their key's cursor (and how long
+    the oldest has waited), timers overdue and coming due, effects not done, failures waiting for a retry
+    (per automation) and pulse slots fanning out.
+    """
+    from garrison.durations import parse_duration
+    from garrison.stats import collect_stats
+
+    span = parse_duration(window + "s" if window.strip().replace(".", "", 1).isdigit() else window, field="window")
+    found = collect_stats(obj.client, tenant=tenant, window=span.total_seconds())
+    if as_json:
+        click.echo(json.dumps(found.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(render.stats_report(found))
+
+
+@click.command("watch")
+@click.argument("name")
+@click.option("--tenant", help="Tenant (default: GARRISON_TENANT).")
+@click.option("--wait", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Seconds to wait for a slot to start when none is running.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Give up (exit 1) when the slot still runs after this many seconds; 0: never.")
+@click.option("--interval", type=click.FloatRange(min=0.01), default=0.5, show_default=True,
+              help="Seconds between reads of the slot's progress.")
+@click.option("--progress/--no-progress", default=None,
+              help="The progress bar on stderr (default: when stderr is a terminal).")
+@pass_context
+@reports_errors
+def watch(
+    obj: Context, name: str, tenant: str | None, wait: float, timeout: float, interval: float,
+    progress: bool | None,
+) -> None:
+    """Follow a pulse's running slot until it is done: a bar of the entities sent (done / total).
+
+    Prints the slot's final progress; exits 1 when --timeout passed first.
+    """
+    from garrison.cli.pulses import TENANT_KEY
+
+    client = obj.client
+    if tenant is None:
+        given = click.get_current_context().meta.get(TENANT_KEY)
+        tenant = given if isinstance(given, str) else None
+    deadline = time.monotonic() + wait
+    while True:
+        pulse = client.pulse(name, tenant=tenant)
+        slot = next((s for s in pulse.slots if s.status == "running"), None)
+        if slot is not None or time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    if slot is None:
+        last = f"last slot {render.cell(pulse.last.slot)} {pulse.last.progress}" if pulse.last else "never fired"
+        click.echo(f"pulse {name!r}: no slot running; {last}")
+        return
+    give_up = time.monotonic() + timeout
+    with render.progress_bar(f"pulse {name} @ {render.cell(slot.slot)}", slot.total, show=progress) as bar:
+        while True:
+            bar.update(slot.done - bar.pos)
+            if slot.status != "running" or (timeout and time.monotonic() >= give_up):
+                break
+            time.sleep(interval)
+            slot = next((s for s in client.pulse(name, tenant=tenant).slots if s.id == slot.id), slot)
+    click.echo(f"pulse {name!r} slot {render.cell(slot.slot)}: {slot.progress}")
+    if slot.status == "running":
+        fail(f"slot still running after {timeout:g}s", 1)
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:
@@ -261,8 +370,8 @@ def demo(directory: Path, name: str) -> None:
 
 
 def register(group: click.Group) -> None:
-    for command in (inspect_command, replay, retry, runs, cancel, demo):
+    for command in (inspect_command, replay, retry, runs, cancel, stats, demo):
         group.add_command(command)
 
 
-__all__ = ["cancel", "demo", "inspect_command", "register", "replay", "retry", "runs"]
+__all__ = ["cancel", "demo", "inspect_command", "register", "replay", "retry", "runs", "stats", "watch"]

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
 
 from garrison.automations.runs import RunInfo
+from garrison.durations import format_duration
 from garrison.inspect import KeyReport
+from garrison.stats import Stats
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 INDENT = "  "
 CELL_WIDTH = 60
@@ -291,3 +300,54 @@ def _time(value: Any) -> Any:
 def _block(text: str, indent: str) -> str:
     """Multi-line text (a traceback) as it is, indented."""
     return "\n".join(indent + line for line in text.rstrip().splitlines())
+
+
+# -- garrison stats -------------------------------------------------------------------------------------
+
+
+def stats_report(stats: Stats) -> str:
+    """``garrison stats``: the tenant's figures, then one line per automation and per running pulse."""
+    span = format_duration(timedelta(seconds=stats.window))
+    age = stats.oldest_pending_age
+    lines = [
+        f"tenant {stats.tenant!r} at {cell(stats.at)} UTC, over the last {span}",
+        f"events    {stats.events:,} ingested ({stats.events_per_second:,.2f}/s)",
+        f"pending   {stats.pending_messages:,} messages on {stats.pending_keys:,} keys"
+        + (f", the oldest waiting {age:,.1f}s" if age is not None else ""),
+        f"timers    {stats.timers_pending:,} pending: {stats.timers_overdue:,} overdue, "
+        f"{stats.timers_due_soon:,} due in the next {span}",
+        f"effects   {stats.effects_pending:,} pending, {stats.effects_dispatched:,} dispatched, "
+        f"{stats.effects_failed:,} failed",
+        f"failures  {stats.failures:,} waiting for a retry" + (" (garrison retry --all)" if stats.failures else ""),
+        f"pulses    {len(stats.pulses):,} running",
+    ]
+    parts = ["\n".join(lines)]
+    parts.append(section(
+        "Automations",
+        ("AUTOMATION", "ENTITIES", f"CHANGES/{span}", "FAILURES", "EFFECTS PENDING", "DISPATCHED", "FAILED",
+         "TIMERS"),
+        [(a.automation, f"{a.entities:,}", f"{a.changes:,}", f"{a.failures:,}", f"{a.effects_pending:,}",
+          f"{a.effects_dispatched:,}", f"{a.effects_failed:,}", f"{a.timers_pending:,}") for a in stats.automations],
+        width=None,
+    ))
+    if stats.pulses:
+        parts.append(section(
+            "Pulses running",
+            ("SLOT ID", "PULSE", "SLOT", "SENT", "STARTED", "UPDATED"),
+            [(p.id, p.schedule, p.slot, f"{p.done:,}/{'?' if p.total is None else f'{p.total:,}'}", p.started_at,
+              p.updated_at) for p in stats.pulses],
+            width=None,
+        ))
+    return "\n\n".join(parts)
+
+
+def progress_bar(label: str, length: int | None, *, show: bool | None = None) -> ProgressBar[int]:
+    """A progress bar on stderr (stdout stays for results): drawn when ``show``, or by default when stderr
+    is a terminal. On a stream that is not a terminal, click writes each new label as a line instead.
+    ``length`` None: the total is not known (a pipe), the bar counts."""
+    stream = sys.stderr
+    hidden = not (stream.isatty() if show is None else show)
+    items: Iterable[int] | None = itertools.count() if length is None else None
+    return click.progressbar(
+        items, length=length, label=label, file=stream, hidden=hidden, show_pos=length is None, width=30,
+    )

@@ -47,7 +47,16 @@ class Settings:
     pulse_chunk: int = 1000
     beat_lease_ttl: float = 10.0
     sqlite_busy_timeout: float = 60.0
+    # HTTP ingest (``garrison serve``): ``tenant:key`` pairs, comma separated. Keep the keys out of the
+    # repository (an environment variable or a secrets manager); repr=False keeps them out of logs.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    # Request bodies over this size are refused (413) before they are parsed.
+    http_max_body_bytes: int = 1024 * 1024
     log_level: str = "INFO"
+    # text (a line with [tenant=... key=...] after the message) or json (one object per line).
+    log_format: str = "text"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -57,9 +66,14 @@ class Settings:
             object.__setattr__(self, "broker_url", "filesystem://")
         if not self.tenant:
             raise ConfigurationError("GARRISON_TENANT must not be empty", field="tenant")
-        for name in ("publish_batch", "engine_batch", "max_payload_bytes", "effect_max_retries", "pulse_chunk"):
+        for name in ("publish_batch", "engine_batch", "max_payload_bytes", "effect_max_retries", "pulse_chunk",
+                     "http_max_body_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive", field=name)
+        if self.log_format not in ("text", "json"):
+            raise ConfigurationError(
+                f"GARRISON_LOG_FORMAT={self.log_format!r} is not valid: use text or json", field="log_format"
+            )
         if self.timer_horizon >= self.broker_visibility_timeout:
             raise ConfigurationError(
                 "timer_horizon must be shorter than broker_visibility_timeout, or Redis re-delivers "

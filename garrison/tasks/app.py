@@ -2,15 +2,24 @@
 
 JSON only: pickle is neither sent nor accepted. Task events are on, so Flower sees every garrison task
 under its readable name (``garrison.process``, ``garrison.effect``, ``garrison.relay``).
+
+Logging is Celery's, plus garrison's: each line carries the tenant / automation / key / event the work is
+about and the Celery task it runs in, as text or as JSON lines (``GARRISON_LOG_FORMAT``; see
+:mod:`garrison.logs`).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery import Celery
+from celery import Celery, current_task
+from celery.app.log import Logging
+from celery.utils.log import ColorFormatter, get_logger
 
+from garrison import logs
 from garrison.config import Settings
+from garrison.tasks import fstransport
 
 QUEUE = "garrison"
 
@@ -18,6 +27,7 @@ QUEUE = "garrison"
 def celery_config(settings: Settings) -> dict[str, Any]:
     broker_options: dict[str, Any] = {}
     if settings.broker_url.startswith("filesystem://"):
+        fstransport.install()  # messages written whole, then renamed into place (see the module)
         folder = settings.broker_folder.resolve()
         for sub in ("data", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -51,6 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        "garrison_log_format": settings.log_format,
         "beat_scheduler": "garrison.tasks.beat:GarrisonScheduler",
         "beat_max_loop_interval": 1.0,
         "beat_schedule": {
@@ -61,7 +72,54 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+class _TaskFilter(logging.Filter):
+    """Names the Celery task a record was logged in (``task``, ``task_id``), so a log line leads to the
+    task Flower shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task = current_task
+        request = getattr(task, "request", None) if task else None
+        if request is not None and getattr(request, "id", None) and not hasattr(record, "task_id"):
+            record.task = task.name
+            record.task_id = request.id
+        return True
+
+
+class _ColorText(ColorFormatter):
+    """Celery's coloured line with the record's known fields after the message."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return str(super().formatMessage(record)) + logs.context_suffix(record)
+
+
+class GarrisonLogging(Logging):
+    """Celery's logging set-up (worker and beat), then garrison's: the context fields on every handler,
+    and JSON lines when ``garrison_log_format`` says so."""
+
+    def setup_logging_subsystem(
+        self, loglevel: Any = None, logfile: Any = None, format: Any = None, colorize: Any = None,
+        hostname: Any = None, datefmt: Any = None, **kwargs: Any,
+    ) -> Any:
+        first = not self.already_setup
+        receivers = super().setup_logging_subsystem(loglevel, logfile, format, colorize, hostname, datefmt, **kwargs)
+        if first and not receivers:  # a ``setup_logging`` receiver means the user configures logging
+            log_format = self.app.conf.get("garrison_log_format", "text")
+            loggers = [logging.getLogger(), get_logger("celery.task")]
+            for logger in loggers:
+                for handler in logger.handlers:
+                    handler.addFilter(_TaskFilter())
+                    handler.addFilter(logs.ContextFilter())
+                    if log_format == "json":
+                        handler.setFormatter(logs.JsonFormatter())
+            if log_format == "text":  # Celery's own line gets the fields; a formatter of yours stays yours
+                for handler in loggers[0].handlers:
+                    old = handler.formatter
+                    if type(old) is ColorFormatter:
+                        handler.setFormatter(_ColorText(old._fmt, use_color=old.use_color, datefmt=old.datefmt))
+        return receivers
+
+
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("garrison", set_as_current=False)
+    app = Celery("garrison", set_as_current=False, log=GarrisonLogging)
     app.conf.update(celery_config(settings))
     return app

@@ -3,49 +3,80 @@
 Events go to SQL first, Celery carries the work, SQL is the source of truth.
 """
 
+from garrison.actors import Actor, SaveResult, SentEvent, hold_actor, load_actor
 from garrison.automations.base import Automation, Message
 from garrison.automations.journey import Journey, JourneyContext, journey
 from garrison.automations.loop import Command, CommandContext, Msg, UpdateLoop
 from garrison.automations.machine import Machine, Transition
+from garrison.automations.nodes import (
+    Delivery,
+    Node,
+    NodeContext,
+    NodeEvent,
+    Nodes,
+    NodeSnapshot,
+    View,
+    Views,
+)
 from garrison.automations.replay import Mismatch, ReplayReport
 from garrison.automations.runs import RunInfo, TimerInfo
+from garrison.automations.statechart import Statechart, Step
 from garrison.client import Garrison, configure, default_client
 from garrison.clock import FrozenClock, SystemClock
 from garrison.config import Settings
 from garrison.durations import parse_duration
 from garrison.errors import (
+    ActorError,
+    ActorLocked,
     ConfigurationError,
     DefinitionError,
     DeterminismError,
+    EventFailed,
     GarrisonError,
+    LeaseLost,
     NotFound,
     PayloadTooLarge,
     ReplayMismatch,
     UnknownAutomation,
+    UnknownNode,
     ValidationError,
+    VersionMismatch,
 )
 from garrison.ingest import IngestedEvent
+from garrison.nodes import NodeState
 from garrison.publisher import NullPublisher, Publisher
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Actor",
+    "ActorError",
+    "ActorLocked",
     "Automation",
     "Command",
     "CommandContext",
     "ConfigurationError",
     "DefinitionError",
+    "Delivery",
     "DeterminismError",
+    "EventFailed",
     "FrozenClock",
     "Garrison",
     "GarrisonError",
     "IngestedEvent",
     "Journey",
     "JourneyContext",
+    "LeaseLost",
     "Machine",
     "Message",
     "Mismatch",
     "Msg",
+    "Node",
+    "NodeContext",
+    "NodeEvent",
+    "NodeSnapshot",
+    "NodeState",
+    "Nodes",
     "NotFound",
     "NullPublisher",
     "PayloadTooLarge",
@@ -53,15 +84,25 @@ __all__ = [
     "ReplayMismatch",
     "ReplayReport",
     "RunInfo",
+    "SaveResult",
+    "SentEvent",
     "Settings",
+    "Statechart",
+    "Step",
     "SystemClock",
     "TimerInfo",
     "Transition",
     "UnknownAutomation",
+    "UnknownNode",
     "UpdateLoop",
     "ValidationError",
+    "VersionMismatch",
+    "View",
+    "Views",
     "configure",
     "default_client",
+    "hold_actor",
     "journey",
+    "load_actor",
     "parse_duration",
 ]

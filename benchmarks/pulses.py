@@ -16,11 +16,11 @@ itself done (Redis ``INCR``). Timed from the first publish until every task coun
 broker, garrison's Celery configuration (JSON, late ack, task events on), same worker flags.
 
 Both sides are warmed up (both pool processes connected, modules imported) before timing. One more garrison
-run (``--patch``, default ``recordset``) has optimizations of ``benchmarks/proposals.py`` (not merged)
+run (``--patch NAMES``, none by default) can have optimizations of ``benchmarks/proposals.py``
 installed in its worker (``benchmarks.patched_worker``), to show what they would gain here.
 
     BENCH_PG_URL=postgresql://postgres@127.0.0.1:5432/test_h3 BENCH_REDIS_URL=redis://127.0.0.1:6379/13 \\
-        python benchmarks/pulses.py                       # 100,000 entities, pages of 1000 and 5000
+        python benchmarks/pulses.py                       # 100,000 entities, pages of 1000
     python benchmarks/pulses.py --entities 20000 --chunks 1000
 """
 
@@ -62,7 +62,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--entities", type=int, default=100_000)
     p.add_argument("--naive", type=int, default=None, help="entities of the naive side (default: --entities; "
                                                            "0 skips it)")
-    p.add_argument("--chunks", default="1000,5000", help="GARRISON_PULSE_CHUNK values, one garrison run each")
+    p.add_argument("--chunks", default="1000", help="GARRISON_PULSE_CHUNK values, one garrison run each")
     p.add_argument("--ingest-chunk", type=int, default=10_000, help="events per ingest_many call in the setup")
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--pool", default="prefork")
@@ -71,7 +71,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", REDIS_URL))
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--json", type=Path, help="also write the figures here")
-    p.add_argument("--patch", default="recordset", help="one more garrison run (first page size) with these "
+    p.add_argument("--patch", default="", help="one more garrison run (first page size) with these "
                    "optimizations of benchmarks/proposals.py in its worker (not merged; '' for none)")
     p.add_argument("--profile", action="store_true",
                    help="no worker: time the fan-out pages and the engine inline, SQL per statement kind")

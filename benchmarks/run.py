@@ -1,16 +1,14 @@
 """``make bench``: every benchmark, one after the other.
 
 1. throughput.py: garrison end-to-end against raw Celery (PostgreSQL + Redis, real workers).
-2. throughput.py --patch recordset: the same garrison run with the proposed bulk statements
-   (benchmarks/proposals.py) patched in, to show what they gain end to end.
-3. profile_engine.py: where ingest_many and Engine.process spend their time, and each proposal's gain.
-4. timers.py: 100,000 far + 10,000 near durable timers, one worker: memory, lateness, duplicates, losses.
-5. journeys.py: 5,000 users through an onboarding-like journey, garrison next to a naive raw-Celery version.
-6. pulses.py: a checkTimeout pulse over 100,000 entities, garrison next to one raw Celery task per entity.
+2. profile_engine.py: where ingest_many and Engine.process spend their time, and each proposal's gain.
+3. timers.py: 100,000 far + 10,000 near durable timers, one worker: memory, lateness, duplicates, losses.
+4. journeys.py: 5,000 users through an onboarding-like journey, garrison next to a naive raw-Celery version.
+5. pulses.py: a checkTimeout pulse over 100,000 entities, garrison next to one raw Celery task per entity.
 
 Arguments are handed to throughput.py (e.g. ``--repeat 1``, ``--embedded``). ``--quick`` runs only
-step 1, once; ``--no-profile`` skips steps 2 and 3; ``--no-timers``, ``--no-journeys`` and ``--no-pulses``
-skip 4, 5 and 6 (which need PostgreSQL + Redis, so ``--embedded`` skips them too).
+step 1, once; ``--no-profile`` skips step 2; ``--no-timers``, ``--no-journeys`` and ``--no-pulses``
+skip 3, 4 and 5 (which need PostgreSQL + Redis, so ``--embedded`` skips them too).
 """
 
 from __future__ import annotations
@@ -52,8 +50,6 @@ def main(argv: list[str]) -> int:
         args = ["--repeat", "1", *args]
     throughput.main(args)
     if not no_profile and not embedded:
-        print("\n" + "=" * 100 + "\n")
-        throughput.main([*args, "--patch", "recordset", "--raw", "none"])
         print("\n" + "=" * 100 + "\n")
         profile_engine.main([])
     if not no_timers and not embedded:

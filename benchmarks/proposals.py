@@ -359,7 +359,7 @@ def perform_effects(client: Any, tenant: str, effect_ids: Sequence[int]) -> list
     return failed
 
 
-def _publish_effects_batched(self: Any, tenant: str, effect_ids: Sequence[int]) -> None:
+def _publish_effects_batched(self: Any, tenant: str, effect_ids: Sequence[int], labels: Any = None) -> None:
     with self.app.producer_or_acquire() as producer:
         for start in range(0, len(effect_ids), EFFECT_BATCH):
             chunk = list(effect_ids[start : start + EFFECT_BATCH])

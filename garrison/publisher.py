@@ -4,7 +4,7 @@ anything committed whose message was lost."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -13,8 +13,11 @@ class Publisher(Protocol):
     def publish_keys(self, tenant: str, keys: Sequence[str]) -> None:
         """Ask a worker to process the pending messages of these keys."""
 
-    def publish_effects(self, tenant: str, effect_ids: Sequence[int]) -> None:
-        """Ask a worker to perform these committed effects."""
+    def publish_effects(
+        self, tenant: str, effect_ids: Sequence[int], labels: Mapping[int, str] | None = None
+    ) -> None:
+        """Ask a worker to perform these committed effects; ``labels`` say what each is about (shown in
+        the task's arguments, e.g. in Flower)."""
 
     def publish_timers(self, tenant: str, dues: Sequence[datetime]) -> None:
         """Ask a worker to fire the tenant's due timers at each of these times (ETA tasks)."""
@@ -29,7 +32,9 @@ class NullPublisher:
     def publish_keys(self, tenant: str, keys: Sequence[str]) -> None:
         return None
 
-    def publish_effects(self, tenant: str, effect_ids: Sequence[int]) -> None:
+    def publish_effects(
+        self, tenant: str, effect_ids: Sequence[int], labels: Mapping[int, str] | None = None
+    ) -> None:
         return None
 
     def publish_timers(self, tenant: str, dues: Sequence[datetime]) -> None:

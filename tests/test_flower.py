@@ -96,9 +96,9 @@ def test_flower_with_basic_auth_shows_garrison_tasks_by_name_with_tenant_and_key
     [process] = wait_until(lambda: succeeded("garrison.process"), timeout=30, what="flower to see garrison.process")
     assert "tenant=acme" in process["args"] and "keys=[flower-key-7]" in process["args"]
     assert process["worker"].startswith("w0-")
-    # The counter's listener ran as an effect task, named as such, with its tenant and effect id.
+    # The counter's listener ran as an effect task, named as such, with its tenant, effect id, automation, key.
     [effect] = wait_until(lambda: succeeded("garrison.effect"), timeout=30, what="flower to see garrison.effect")
-    assert re.fullmatch(r"tenant=acme effect=\d+", effect["args"])
+    assert re.fullmatch(r"tenant=acme effect=\d+ counter key=flower-key-7", effect["args"])
     info = _get(f"{url}/api/task/info/{process['uuid']}", auth=(USER, PASSWORD)).json()
     assert info["name"] == "garrison.process" and info["result"] == "{'messages': 1, 'failed': 0}"
 

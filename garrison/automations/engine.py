@@ -71,6 +71,12 @@ def lookup_in(session: Any, tenant: str, key: str) -> Any:
     return lookup
 
 
+def effect_labels(ids: Sequence[int], rows: Sequence[Any]) -> dict[int, str]:
+    """``{effect id: "automation key=KEY"}`` for rows (mappings or rows) in the order of ``ids``."""
+    return {i: f"{r['automation']} key={r['key']}" if isinstance(r, dict) else f"{r.automation} key={r.key}"
+            for i, r in zip(ids, rows, strict=True)}
+
+
 def reader_in(session: Any, tenant: str) -> Any:
     """A :data:`~garrison.automations.base.Reader` on ``session``: other entities' stored states."""
 
@@ -106,6 +112,8 @@ class BatchResult:
     changed: int = 0
     failed: int = 0
     effect_ids: list[int] = field(default_factory=list)
+    # What each effect is about, for the task's readable arguments in Flower: "automation key=KEY".
+    effect_labels: dict[int, str] = field(default_factory=dict)
     truncated: bool = False
     # Due times of timers set within the horizon (to publish as ETA tasks), keys that were sent events.
     timer_dues: list[datetime] = field(default_factory=list)
@@ -273,6 +281,7 @@ class Engine:
             result.effect_ids = list(
                 s.execute(insert(EFFECTS).returning(EFFECTS.c.id, sort_by_parameter_order=True), effects).scalars()
             )
+            result.effect_labels = effect_labels(result.effect_ids, effects)
         s.execute(
             update(CURSORS)
             .where(CURSORS.c.tenant == tenant, CURSORS.c.key == bindparam("k"))
@@ -306,6 +315,7 @@ class Engine:
             result.effect_ids = list(
                 s.execute(insert(EFFECTS).returning(EFFECTS.c.id, sort_by_parameter_order=True), effects).scalars()
             )
+            result.effect_labels = effect_labels(result.effect_ids, effects)
         pgbulk.cursors_update(s, tenant, last_seq, now)
 
     def pending(self, tenant: str, keys: Iterable[str]) -> list[str]:

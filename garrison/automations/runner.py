@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, exists, or_, select, update
 
 from garrison.automations.base import EffectContext, EffectSpec
-from garrison.automations.engine import EFFECTS, EVENTS, STREAMS, BatchResult, pending_keys, processed_seq
+from garrison.automations.engine import (
+    EFFECTS,
+    EVENTS,
+    STREAMS,
+    BatchResult,
+    effect_labels,
+    pending_keys,
+    processed_seq,
+)
 from garrison.automations.timers import eta_buckets, fire_due, overdue, promote, timer_tenants
 from garrison.client import Garrison
 from garrison.errors import NotFound
@@ -84,7 +92,7 @@ class Runner:
         for _ in range(MAX_ROUNDS):
             result = engine.process(tenant, pending)
             results.append(result)
-            self.dispatch_effects(tenant, result.effect_ids)
+            self.dispatch_effects(tenant, result.effect_ids, result.effect_labels)
             self.dispatch_timers(tenant, result.timer_dues)
             pending = engine.pending(tenant, set(pending) | result.woken)
             if not pending:
@@ -93,11 +101,13 @@ class Runner:
         self.client.publisher.publish_keys(tenant, pending)
         return results
 
-    def dispatch_effects(self, tenant: str, effect_ids: Sequence[int]) -> None:
+    def dispatch_effects(
+        self, tenant: str, effect_ids: Sequence[int], labels: Mapping[int, str] | None = None
+    ) -> None:
         if not effect_ids:
             return
         try:
-            self.client.publisher.publish_effects(tenant, effect_ids)
+            self.client.publisher.publish_effects(tenant, effect_ids, labels)
         except Exception:
             log.warning("effect publish failed", exc_info=True, extra={"tenant": tenant})
             return
@@ -215,6 +225,7 @@ class Runner:
         cutoff = now - timedelta(seconds=settings.relay_after)
         redispatch = now - timedelta(seconds=settings.effect_redispatch_after)
         report = RelayReport()
+        labels: dict[int, str] = {}
         publisher = self.client.publisher
         db = self.client.db
         with db.session() as s:
@@ -228,9 +239,9 @@ class Runner:
                     EVENTS.c.seq == processed_seq() + 1, EVENTS.c.created_at < cutoff,
                 )
                 keys = list(s.execute(pending_keys(tenant).where(next_is_old).limit(limit)).scalars())
-                ids = list(
+                found = list(
                     s.execute(
-                        select(EFFECTS.c.id)
+                        select(EFFECTS.c.id, EFFECTS.c.automation, EFFECTS.c.key)
                         .where(
                             EFFECTS.c.tenant == tenant,
                             or_(
@@ -240,8 +251,10 @@ class Runner:
                         )
                         .order_by(EFFECTS.c.id)
                         .limit(limit)
-                    ).scalars()
+                    )
                 )
+                ids = [row.id for row in found]
+                labels.update(effect_labels(ids, found))
                 if ids:
                     s.execute(
                         update(EFFECTS)
@@ -255,7 +268,7 @@ class Runner:
         for tenant, keys in report.keys.items():
             publisher.publish_keys(tenant, keys)
         for tenant, ids in report.effects.items():
-            publisher.publish_effects(tenant, ids)
+            publisher.publish_effects(tenant, ids, labels)
         self._relay_timers(report, now, limit)
         self._relay_pulses(report, cutoff)
         if report.total:

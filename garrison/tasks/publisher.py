@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import cached_property
 
@@ -40,13 +40,17 @@ class CeleryPublisher:
                     producer=producer,
                 )
 
-    def publish_effects(self, tenant: str, effect_ids: Sequence[int]) -> None:
+    def publish_effects(
+        self, tenant: str, effect_ids: Sequence[int], labels: Mapping[int, str] | None = None
+    ) -> None:
+        labels = labels or {}
         with self.app.producer_or_acquire() as producer:
             for effect_id in effect_ids:
+                about = f" {labels[effect_id]}" if effect_id in labels else ""
                 self.app.send_task(
                     "garrison.effect",
                     args=[tenant, effect_id],
-                    argsrepr=f"tenant={tenant} effect={effect_id}",
+                    argsrepr=f"tenant={tenant} effect={effect_id}{about}",
                     producer=producer,
                 )
 

@@ -6,10 +6,14 @@ import os
 import sys
 
 from garrison.cli.commands import cli
+from garrison.cli.db import db
+from garrison.cli.ingest import ingest
 from garrison.cli.operate import register, watch
 from garrison.cli.pulses import pulses
 from garrison.cli.serve import serve
 
+cli.add_command(db)
+cli.add_command(ingest)
 register(cli)
 cli.add_command(pulses)
 pulses.add_command(watch)

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,12 +254,14 @@ def test_an_event_ingested_by_hand_without_an_envelope_is_its_own_payload(offlin
 # -- concurrency: no lost update ------------------------------------------------------------------------------
 
 
-def _run_setters(settings: Settings, processes: int, per_process: int, *, join: bool = False) -> tuple[list[Any], Any]:
+def _run_setters(
+    settings: Settings, processes: int, per_process: int, *, join: bool = False, pause: float = 0.0
+) -> tuple[list[Any], Any]:
     """Start the processes; the barrier is returned too, as it must outlive their start-up. With ``join``
     the caller is one more party of the barrier, to start its own work at the moment they start."""
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(processes + int(join))
-    procs = [ctx.Process(target=increment, args=(settings, per_process, start)) for _ in range(processes)]
+    procs = [ctx.Process(target=increment, args=(settings, per_process, start, pause)) for _ in range(processes)]
     for p in procs:
         p.start()
     return procs, start
@@ -292,15 +295,16 @@ def test_on_a_real_worker_broadcast_reaches_each_subscriber_once_send_reaches_on
     try:
         worker(nodes_settings)
         # Handler sets (count.bump, in the worker) and outside sets race on one node: both take its lock.
-        # The bumps go out in 10 publishes, not 200: kombu's filesystem transport can hand a worker a
-        # message file still being written, which kills it (celery/kombu#1551); fewer files, fewer races.
-        setters, start = _run_setters(nodes_settings, 2, 100, join=True)
+        # Both sides are spread over about a second (setters pause 10 ms between sets; the bumps go out
+        # in 10 rounds 100 ms apart), so the worker's applies land between the outside sets.
+        setters, start = _run_setters(nodes_settings, 2, 100, join=True, pause=0.01)
         quiet = Garrison(nodes_settings, publisher=NullPublisher())
         start.wait(60)
         for _ in range(10):
             for _ in range(20):
                 mesh.send("counter", "count.bump", client=quiet)
             client.publisher.publish_keys(client.settings.tenant, ["counter"])
+            time.sleep(0.1)
         quiet.db.dispose()
 
         sent = mesh.broadcast("order.created", {"id": "o-1", "amount": 150}, client=client)

@@ -78,9 +78,12 @@ def stock(event: NodeEvent, node: NodeContext) -> None:
         raise RuntimeError("inventory refused")
 
 
-def increment(settings: Settings, n: int, start: Any) -> None:
+def increment(settings: Settings, n: int, start: Any, pause: float = 0.0) -> None:
     """A process that sets the counter ``n`` times from outside the worker (started by the tests with
-    multiprocessing's spawn; kept here, away from pytest, so each child starts quickly)."""
+    multiprocessing's spawn; kept here, away from pytest, so each child starts quickly). ``pause``
+    spreads the sets over time, so work elsewhere (a worker's) lands between them."""
+    import time
+
     from garrison.client import Garrison
     from garrison.publisher import NullPublisher
 
@@ -89,5 +92,7 @@ def increment(settings: Settings, n: int, start: Any) -> None:
     try:
         for _ in range(n):
             counter.state.set(lambda s: {**s, "count": s["count"] + 1}, client=client)
+            if pause:
+                time.sleep(pause)
     finally:
         client.db.dispose()

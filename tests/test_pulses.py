@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -147,3 +148,62 @@ def test_a_pulse_key_is_the_same_whichever_path_wrote_it_even_for_keys_too_long_
     assert stored == {k: pulse_key(schedule_id, slot, k) for k in keys}
     assert all(len(v) <= 255 for v in stored.values()) and "sha256:" in stored["x" * 250]
     assert fan_out_chunk(client.db, tenant, opened.id, client.clock.now(), 10) is None  # the slot is done
+
+
+WHERE_STATES: dict[str, Any] = {
+    "open": {"status": "inquired"},
+    "closed": {"status": "timeout"},
+    "number": {"status": 1},
+    "missing": {"other": "inquired"},
+    "null": {"status": None},
+    "true": {"status": True},
+    "one-as-bool": {"status": 1, "flag": True},
+    "nested": {"status": "inquired", "meta": {"tier": "gold"}},
+    "nested-list": {"status": "inquired", "meta": ["gold"]},
+    "list": {"status": ["inquired"]},
+    "scalar-state": "inquired",
+}
+WHERES: list[dict[str, Any]] = [
+    {"status": ["inquired"]},
+    {"status": "inquired"},
+    {"status": ["inquired", None]},
+    {"status": [True]},
+    {"status": ["inquired"], "meta.tier": "gold"},
+    {"flag": True},
+    {"status": [1]},  # numbers: filtered in Python (jsonb says 1 = 1.0; the filter does not)
+    {"meta.0": "gold"},  # a digit path part: Python (jsonb would read it as an index)
+]
+
+
+def test_a_pulse_filter_selects_exactly_what_state_matches_selects_whichever_side_evaluates_it(
+    settings_for: Callable[..., Settings], backend: str
+) -> None:
+    """On PostgreSQL a filter of strings, booleans and nulls runs inside the page's statement; the
+    entities it reaches must be exactly those ``state_matches`` accepts, type for type."""
+    from garrison.automations.pulses import sql_filter
+    from garrison.automations.schedules import state_matches
+
+    client = offline(settings_for, backend)
+    tenant = client.settings.tenant
+    with client.db.session() as s:
+        s.execute(ENTITIES.insert(), [
+            {"tenant": tenant, "key": key, "automation": "counter", "state": state, "version": 1, "cursor": 0,
+             "created_at": START, "updated_at": START}
+            for key, state in WHERE_STATES.items()
+        ])
+    assert isinstance(client.clock, FrozenClock)
+    client.clock.advance(61)
+    for n, where in enumerate(WHERES):
+        name = f"w{n}"
+        schedule_id = save_schedule(
+            client.db, tenant, PulseSchedule(name, "counter", "add", every="1m", where=where), START
+        )
+        opened = open_slot(client.db, tenant, schedule_id, START + timedelta(minutes=1), client.clock.now())
+        assert opened is not None
+        reached: list[str] = []
+        while (page := fan_out_chunk(client.db, tenant, opened.id, client.clock.now(), 4)) is not None:
+            reached += [e.key for e in page]
+        expected = sorted(k for k, state in WHERE_STATES.items() if state_matches(state, where))
+        assert sorted(reached) == expected, where
+    assert sql_filter(WHERES[0]) is not None and sql_filter(WHERES[4]) is not None
+    assert sql_filter(WHERES[6]) is None and sql_filter(WHERES[7]) is None

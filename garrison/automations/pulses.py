@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -128,7 +129,7 @@ def fan_out_chunk(
             raise NotFound("no such schedule", tenant=tenant, schedule=slot.schedule_id)
         at = as_utc(slot.slot)
         data = {**(schedule.data or {}), "now": at.timestamp(), "slot": at.isoformat()}
-        if db.dialect == "postgresql" and not schedule.where:
+        if db.dialect == "postgresql" and (not schedule.where or sql_filter(schedule.where) is not None):
             return _page_pg(s, tenant, slot, schedule, at, data, now, chunk)
         # The state is read only when a filter needs it.
         columns = [ENTITIES.c.key, ENTITIES.c.state] if schedule.where else [ENTITIES.c.key]
@@ -163,13 +164,14 @@ def _advance(s: Any, tenant: str, slot_id: int, cursor: str | None, count: int, 
     )
 
 
-# One page of a pulse without a filter, on PostgreSQL, in ONE statement: no entity key crosses the wire
-# or is compiled into a statement. The same steps as write_events: skip keys whose idempotency key is
-# stored, bump each stream (in key order, as ingest does, so the two cannot deadlock), insert the events.
+# One page of a pulse, on PostgreSQL, in ONE statement (its filter too, when SQL can say it exactly):
+# no entity key crosses the wire or is compiled into a statement. The same steps as write_events: skip
+# keys whose idempotency key is stored, bump each stream (in key order, as ingest does, so the two cannot
+# deadlock), insert the events.
 # The idempotency key is pulse_key() computed in SQL (sha256 of the key when the text would pass 255).
-_PAGE_PG = text("""
+_PAGE_PG = """
     WITH page AS (
-        SELECT e.key FROM garrison_entities AS e
+        SELECT e.key, {hit} AS hit FROM garrison_entities AS e
         WHERE e.tenant = :tenant AND e.automation = :automation AND e.created_at <= :at AND e.key > :after
         ORDER BY e.key LIMIT :chunk
     ),
@@ -177,7 +179,7 @@ _PAGE_PG = text("""
         SELECT p.key,
                CASE WHEN length(:prefix || p.key) <= 255 THEN :prefix || p.key
                     ELSE :prefix || 'sha256:' || encode(sha256(convert_to(p.key, 'UTF8')), 'hex') END AS ikey
-        FROM page AS p
+        FROM page AS p WHERE p.hit
     ),
     fresh AS (
         SELECT k.key, k.ikey FROM keyed AS k
@@ -200,16 +202,46 @@ _PAGE_PG = text("""
     )
     SELECT (SELECT count(*) FROM page) AS n, (SELECT max(p.key) FROM page AS p) AS last,
            (SELECT json_agg(json_build_array(w.id, w.key, w.seq)) FROM written AS w) AS rows
-""")
+"""
+_PAGE_PG_ALL = text(_PAGE_PG.format(hit="true"))
+
+
+def sql_filter(where: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """A pulse's ``where`` as a SQL condition on ``e.state`` with exactly :func:`state_matches`' meaning,
+    or None when it cannot be said exactly in SQL (then the page is filtered in Python). Exact for
+    options that are strings, booleans or null: jsonb equality compares type and value, and a missing
+    path gives NULL (no match). Numbers (1 and 1.0 are equal in jsonb, not in the filter), objects,
+    arrays and path parts that are digits (jsonb reads them as array indexes) stay in Python."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
+    for n, (path, expected) in enumerate(where.items()):
+        parts = path.split(".")
+        options = list(expected) if isinstance(expected, list | tuple) else [expected]
+        if any(not p or p.isdigit() for p in parts) or not all(o is None or isinstance(o, str | bool)
+                                                              for o in options):
+            return None
+        clauses.append(f"(e.state #> CAST(:where_path_{n} AS text[])) IN "
+                       f"(SELECT jsonb_array_elements(CAST(:where_values_{n} AS jsonb)))")
+        params[f"where_path_{n}"] = parts
+        params[f"where_values_{n}"] = json.dumps(options)
+    return " AND ".join(clauses) or "true", params
 
 
 def _page_pg(
     s: Any, tenant: str, slot: Any, schedule: Any, at: datetime, data: dict[str, Any], now: datetime, chunk: int
 ) -> list[IngestedEvent]:
     prefix = f"pulse:{slot.schedule_id}:{at.isoformat()}:"
-    row = s.execute(_PAGE_PG, {
+    statement = _PAGE_PG_ALL
+    where_params: dict[str, Any] = {}
+    if schedule.where:
+        found = sql_filter(schedule.where)
+        assert found is not None  # checked by the caller
+        condition, where_params = found
+        statement = text(_PAGE_PG.format(hit=f"({condition})"))
+    row = s.execute(statement, {
         "tenant": tenant, "automation": schedule.automation, "at": at, "after": slot.cursor or "",
         "chunk": chunk, "prefix": prefix, "message": schedule.message, "data": json.dumps(data), "now": now,
+        **where_params,
     }).one()
     written = [
         IngestedEvent(id=int(i), tenant=tenant, key=k, seq=int(q), name=schedule.message, data=data,

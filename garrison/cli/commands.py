@@ -206,9 +206,10 @@ def worker(
 @pass_context
 @reports_errors
 def beat(obj: Context, loglevel: str | None, celery_args: tuple[str, ...]) -> None:
-    """Run beat (the relay's schedule). Run exactly one.
+    """Run beat: the relay and the pulse schedules.
 
-    This is `celery -A garrison.tasks beat` with garrison's settings.
+    This is `celery -A garrison.tasks beat` with garrison's settings and scheduler. A second beat is
+    safe: only the holder of the fleet's SQL lease opens pulse slots, and it takes over when the first dies.
     """
     settings = obj.settings
     _export(settings)

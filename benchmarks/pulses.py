@@ -64,6 +64,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                                                            "0 skips it)")
     p.add_argument("--chunks", default="1000", help="GARRISON_PULSE_CHUNK values, one garrison run each")
     p.add_argument("--ingest-chunk", type=int, default=10_000, help="events per ingest_many call in the setup")
+    p.add_argument("--where", action="store_true",
+                   help='the schedule filters on the state: where={"status": ["inquired"]} (every entity matches)')
     p.add_argument("--concurrency", type=int, default=2)
     p.add_argument("--pool", default="prefork")
     p.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", PG_URL))
@@ -138,8 +140,9 @@ def run_garrison(args: argparse.Namespace, chunk: int, tmp: Path, patch: str = "
             time.sleep(1)
 
             now = client.clock.now()
+            where = {"status": ["inquired"]} if args.where else None  # casern's filter: open inquiries
             schedule_id = save_schedule(client.db, TENANT, PulseSchedule(
-                "timeouts", AUTOMATION, "checkTimeout", cron="0 0 1 1 *"), now)
+                "timeouts", AUTOMATION, "checkTimeout", cron="0 0 1 1 *", where=where), now)
             opened = open_slot(client.db, TENANT, schedule_id, now, now)
             assert opened is not None and opened.status == "running"
             published_at = time.time()
@@ -346,7 +349,8 @@ def print_table(args: argparse.Namespace, report: dict[str, Any]) -> None:
     for g in report["garrison"]:
         ratio = f"**{g['per_s'] / nv['per_s']:.1f}x**" if nv else ""
         patch = f" + `{g['patch']}` (not merged)" if g["patch"] else ""
-        print(f"| garrison{patch}, pages of {g['chunk']} | **{g['per_s']:,.0f}** | {g['wall_s']:.1f} s | "
+        where = ", where status in (inquired)" if args.where else ""
+        print(f"| garrison{patch}, pages of {g['chunk']}{where} | **{g['per_s']:,.0f}** | {g['wall_s']:.1f} s | "
               f"{g['fan_out_s']:.1f} s | {ratio} |")
     if nv:
         print(f"| naive Celery, one task per entity ({nv['entities']:,}) | {nv['per_s']:,.0f} | {nv['wall_s']:.1f} s "

@@ -24,7 +24,7 @@ returns and raises:
   as a failure (``garrison retry``); the others are applied, and the actor is reloaded.
 - :class:`~garrison.errors.ActorLocked` / :class:`~garrison.errors.LeaseLost`: nothing was ingested.
 
-Lock modes (a SQL lease per actor, :mod:`garrison.leases`, with an owner token and an expiry):
+Lock modes (a SQL lease per actor, :mod:`garrison.actor_leases`, with an owner token and an expiry):
 ``"none"`` (the default: the engine already serializes writes), ``"write"`` (the lease is held only
 around ``save``) and ``"read-write"`` (held from load to close: no other lock-taking holder may load the
 actor meanwhile, so a check-then-send sees no other holder's change; the worker still applies events
@@ -37,20 +37,20 @@ after ``lease_ttl`` (renewed by ``send``, ``save`` and ``renew`` while held).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import select
 
 from garrison import leases
+from garrison.actor_leases import ACQUIRE_TIMEOUT, LEASE_TTL, LOCK_MODES, ActorLease, LockMode
 from garrison.automations.base import Message, clone_json
-from garrison.automations.statechart import Statechart, Step, bounded
+from garrison.automations.statechart import Statechart, Step
 from garrison.client import Garrison
-from garrison.errors import ActorError, ActorLocked, EventFailed, LeaseLost, ValidationError
+from garrison.errors import ActorError, EventFailed, ValidationError
 from garrison.ingest import EventIn, IngestedEvent, validate, write_events
 from garrison.models import CURSORS, ENTITIES, FAILURES, VERSIONS
 
@@ -58,11 +58,6 @@ log = logging.getLogger("garrison.actors")
 
 __all__ = ["Actor", "LockMode", "SaveResult", "SentEvent", "hold_actor", "load_actor"]
 
-LockMode = Literal["none", "write", "read-write"]
-LOCK_MODES = ("none", "write", "read-write")
-RETRY_INTERVAL = 0.2
-ACQUIRE_TIMEOUT = 5.0
-LEASE_TTL = 15.0
 MAX_ROUNDS = 1000
 
 
@@ -125,9 +120,10 @@ class Actor:
         self.lock = lock
         self.acquire_timeout = acquire_timeout
         self.lease_ttl = lease_ttl
-        self.owner = leases.new_owner(f"actor:{chart.name}")
-        self.lease_name = bounded(f"actor:{chart.name}:{key}")
-        self.lease: leases.LeaseState | None = None
+        self._lease = ActorLease(client, chart.name, key, tenant=tenant, lock=lock, acquire_timeout=acquire_timeout,
+                                 ttl=lease_ttl)
+        self.owner = self._lease.owner
+        self.lease_name = self._lease.name
         self.committed: dict[str, Any] | None = None
         self.snapshot: dict[str, Any] | None = None
         self.version = 0
@@ -137,6 +133,11 @@ class Actor:
 
     def __repr__(self) -> str:
         return f"<Actor {self.chart.name}/{self.key} lock={self.lock} value={self.value!r}>"
+
+    @property
+    def lease(self) -> leases.LeaseState | None:
+        """The tenure of this actor's lease held now; None when it holds none."""
+        return self._lease.state
 
     # -- reading the preview --------------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class Actor:
             event, self.key, self.chart.stamp(data), tenant=self.tenant, idempotency_key=ik, target=self.chart.name,
             max_payload_bytes=self.client.settings.max_payload_bytes,
         )
-        self._keep_lease()
+        self._lease.keep()
         step = self._step(event, {k: v for k, v in checked.data.items() if k != "$machine"}, ik)
         self.snapshot = step.snapshot
         self._pending.append(checked)
@@ -201,10 +202,7 @@ class Actor:
         self._check_open()
         if not self._pending:
             return SaveResult(self.committed)
-        if self.lock == "write":
-            self._acquire()
-        elif self.lock == "read-write":
-            self._confirm_lease()
+        self._lease.before_save()
         try:
             with self.client.db.session() as s:
                 written = write_events(s, self.client.db, self._pending, self.client.clock.now())
@@ -214,8 +212,7 @@ class Actor:
             self._read()
             result.snapshot = self.committed
         finally:
-            if self.lock == "write":
-                self._release()
+            self._lease.after_save()
         if result.failed:
             first = result.failed[0]
             raise EventFailed(
@@ -229,15 +226,14 @@ class Actor:
     def reload(self) -> None:
         """Read the committed snapshot again, dropping events sent and not saved."""
         self._check_open()
-        self._keep_lease()
+        self._lease.keep()
         self._pending = []
         self._read()
 
     def renew(self) -> None:
         """Extend a read-write lease by its TTL; :class:`LeaseLost` when it is gone."""
         self._check_open()
-        if self.lock == "read-write":
-            self._confirm_lease()
+        self._lease.renew()
 
     def close(self) -> None:
         """Release the lease (if held). Events sent and not saved are dropped. Safe to call twice."""
@@ -248,7 +244,7 @@ class Actor:
             log.info("actor closed with unsaved events", extra={"automation": self.chart.name, "key": self.key,
                                                                  "events": len(self._pending)})
         self._pending = []
-        self._release()
+        self._lease.release()
 
     def __enter__(self) -> Actor:
         return self
@@ -350,63 +346,6 @@ class Actor:
             ))
         return out
 
-    # -- the lease ------------------------------------------------------------------------------
-
-    def _acquire(self) -> None:
-        deadline = time.monotonic() + self.acquire_timeout
-        attempts = 0
-        while True:
-            attempts += 1
-            got = leases.acquire(self.client.db, self.tenant, self.lease_name, self.owner, self.lease_ttl,
-                                 self.client.clock.now())
-            if got is not None:
-                self.lease = got
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                held = leases.holder(self.client.db, self.tenant, self.lease_name)
-                raise ActorLocked(
-                    f"actor {self.chart.name}/{self.key} is locked by {held.owner if held else 'another owner'}"
-                    f"{f' until {held.expires_at.isoformat()}' if held else ''}; gave up after "
-                    f"{self.acquire_timeout}s ({attempts} attempts)",
-                    automation=self.chart.name, key=self.key, tenant=self.tenant,
-                    holder=held.owner if held else None, expires_at=held.expires_at if held else None,
-                    attempts=attempts,
-                )
-            time.sleep(min(RETRY_INTERVAL, remaining))
-
-    def _confirm_lease(self) -> None:
-        lease = self.lease
-        renewed = None if lease is None else leases.renew(
-            self.client.db, self.tenant, self.lease_name, self.owner, self.lease_ttl, self.client.clock.now(),
-            epoch=lease.epoch,
-        )
-        if renewed is None:
-            self.lease = None
-            raise LeaseLost(
-                f"the lease on actor {self.chart.name}/{self.key} expired or was taken (TTL {self.lease_ttl}s); "
-                "nothing was saved", automation=self.chart.name, key=self.key, tenant=self.tenant,
-            )
-        self.lease = renewed
-
-    def _keep_lease(self) -> None:
-        """Renew a read-write lease once a third of its TTL has passed (so a busy holder keeps it)."""
-        lease = self.lease
-        if self.lock != "read-write" or lease is None:
-            return
-        if (self.client.clock.now() - lease.renewed_at).total_seconds() >= self.lease_ttl / 3:
-            self._confirm_lease()
-
-    def _release(self) -> None:
-        if self.lease is None:
-            return
-        self.lease = None
-        try:
-            leases.release(self.client.db, self.tenant, self.lease_name, self.owner)
-        except Exception:  # never mask the caller's error: the lease expires by itself
-            log.warning("could not release an actor lease; it expires after its TTL", exc_info=True,
-                        extra={"automation": self.chart.name, "key": self.key})
-
 
 def load_actor(
     client: Garrison,
@@ -437,8 +376,7 @@ def load_actor(
             raise ValidationError(f"{name} must be a positive number of seconds, not {value!r}", field=name)
     actor = Actor(client, chart, key, tenant=client.tenant_of(tenant), lock=lock,
                   acquire_timeout=float(acquire_timeout), lease_ttl=float(lease_ttl))
-    if lock == "read-write":
-        actor._acquire()
+    actor._lease.on_load()
     try:
         actor._read()
     except BaseException:

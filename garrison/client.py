@@ -137,6 +137,13 @@ class Garrison:
     def ingest_many(self, events: Iterable[Mapping[str, Any]]) -> list[IngestedEvent]:
         """Store many events in one transaction: all or nothing. Each item is a mapping with the
         arguments of :meth:`ingest` (``name``, ``key``, ``data``, ``tenant``, ``idempotency_key``...)."""
+        checked = self.check_many(events)
+        return self._write(checked) if checked else []
+
+    def check_many(self, events: Iterable[Mapping[str, Any]]) -> list[EventIn]:
+        """Validate a batch as :meth:`ingest_many` does, writing nothing: the first bad item raises
+        :class:`ValidationError` naming ``events[i].field``. For callers that write later (after a
+        commit, in another transaction)."""
         checked: list[EventIn] = []
         for i, item in enumerate(events):
             if not isinstance(item, Mapping):
@@ -155,7 +162,7 @@ class Garrison:
                     max_payload_bytes=self.settings.max_payload_bytes, where=f"events[{i}].",
                 )
             )
-        return self._write(checked) if checked else []
+        return checked
 
     def _write(self, events: Sequence[EventIn]) -> list[IngestedEvent]:
         for attempt in range(3):

@@ -165,49 +165,12 @@ def _write_tenant(
         for i in fresh:
             counts[events[i].key] = counts.get(events[i].key, 0) + 1
         # Sorted keys: concurrent batches lock stream rows in the same order, so they cannot deadlock.
-        if db.dialect == "postgresql":
-            _write_fresh_pg(session, tenant, events, fresh, counts, results, now)
-        else:
-            _write_fresh(session, db, tenant, events, fresh, counts, results, now)
+        _write_fresh(session, db, tenant, events, fresh, counts, results, now)
     for i in indexes:
         if results[i] is None:
             first = results[first_in_batch[events[i].idempotency_key]]  # type: ignore[index]
             assert first is not None
             results[i] = _replace_duplicate(first)
-
-
-def _write_fresh_pg(
-    session: Session,
-    tenant: str,
-    events: Sequence[EventIn],
-    fresh: list[int],
-    counts: dict[str, int],
-    results: list[IngestedEvent | None],
-    now: datetime,
-) -> None:
-    """The portable path's two statements as one JSON document each (see garrison/pgbulk.py)."""
-    last = pgbulk.streams_bump(session, tenant, counts, now)
-    next_seq = {k: last[k] - counts[k] + 1 for k in counts}
-    rows: list[dict[str, Any]] = []
-    for i in fresh:
-        e = events[i]
-        seq = next_seq[e.key]
-        next_seq[e.key] = seq + 1
-        row: dict[str, Any] = {"k": e.key, "s": seq, "n": e.name, "d": e.data}
-        if e.target is not None:
-            row["t"] = e.target
-        if e.idempotency_key is not None:
-            row["i"] = e.idempotency_key
-        if e.system:
-            row["y"] = True
-        rows.append(row)
-    ids = pgbulk.events_insert(session, tenant, rows, now)
-    for i, row in zip(fresh, rows, strict=True):
-        e = events[i]
-        results[i] = IngestedEvent(
-            id=ids[(e.key, row["s"])], tenant=tenant, key=e.key, seq=row["s"], name=e.name, data=e.data,
-            target=e.target, idempotency_key=e.idempotency_key, created_at=now,
-        )
 
 
 def _write_fresh(
@@ -220,37 +183,52 @@ def _write_fresh(
     results: list[IngestedEvent | None],
     now: datetime,
 ) -> None:
-    keys = sorted(counts)
-    returned = db.execute_upsert(
-        session,
-        STREAMS,
-        [{"tenant": tenant, "key": k, "last_seq": counts[k], "updated_at": now} for k in keys],
-        ["tenant", "key"],
-        update={"last_seq": lambda ex: STREAMS.c.last_seq + ex.last_seq, "updated_at": now},
-        returning=(STREAMS.c.key, STREAMS.c.last_seq),
-    )
-    next_seq = {k: last - counts[k] + 1 for k, last in returned}
-    rows: list[dict[str, Any]] = []
+    """Give each new event the next sequence number of its key (the stream rows are bumped, and so
+    locked, in key order: concurrent batches cannot deadlock), then insert the events. On PostgreSQL
+    both statements carry their rows as one JSON document (:mod:`garrison.pgbulk`)."""
+    pg = db.dialect == "postgresql"
+    if pg:
+        last = pgbulk.streams_bump(session, tenant, counts, now)
+    else:
+        last = dict(db.execute_upsert(
+            session, STREAMS,
+            [{"tenant": tenant, "key": k, "last_seq": counts[k], "updated_at": now} for k in sorted(counts)],
+            ["tenant", "key"],
+            update={"last_seq": lambda ex: STREAMS.c.last_seq + ex.last_seq, "updated_at": now},
+            returning=(STREAMS.c.key, STREAMS.c.last_seq),
+        ))
+    next_seq = {k: last[k] - counts[k] + 1 for k in counts}
+    seqs: list[int] = []
     for i in fresh:
+        seqs.append(next_seq[events[i].key])
+        next_seq[events[i].key] += 1
+    if pg:
+        rows: list[dict[str, Any]] = []
+        for i, seq in zip(fresh, seqs, strict=True):
+            e = events[i]
+            row: dict[str, Any] = {"k": e.key, "s": seq, "n": e.name, "d": e.data}
+            if e.target is not None:
+                row["t"] = e.target
+            if e.idempotency_key is not None:
+                row["i"] = e.idempotency_key
+            if e.system:
+                row["y"] = True
+            rows.append(row)
+        by_key_seq = pgbulk.events_insert(session, tenant, rows, now)
+        ids = [by_key_seq[(events[i].key, seq)] for i, seq in zip(fresh, seqs, strict=True)]
+    else:
+        ids = list(session.execute(
+            insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True),
+            [{"tenant": tenant, "key": events[i].key, "seq": seq, "name": events[i].name, "data": events[i].data,
+              "target": events[i].target, "idempotency_key": events[i].idempotency_key,
+              "system": events[i].system, "created_at": now} for i, seq in zip(fresh, seqs, strict=True)],
+        ).scalars())
+    for i, seq, event_id in zip(fresh, seqs, ids, strict=True):
         e = events[i]
-        seq = next_seq[e.key]
-        next_seq[e.key] = seq + 1
-        rows.append(
-            {
-                "tenant": tenant,
-                "key": e.key,
-                "seq": seq,
-                "name": e.name,
-                "data": e.data,
-                "target": e.target,
-                "idempotency_key": e.idempotency_key,
-                "system": e.system,
-                "created_at": now,
-            }
+        results[i] = IngestedEvent(
+            id=event_id, tenant=tenant, key=e.key, seq=seq, name=e.name, data=e.data, target=e.target,
+            idempotency_key=e.idempotency_key, created_at=now,
         )
-    ids = session.execute(insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True), rows).scalars().all()
-    for i, values, event_id in zip(fresh, rows, ids, strict=True):
-        results[i] = IngestedEvent(id=event_id, **{k: values[k] for k in _FIELDS}, created_at=now)
 
 
 _FIELDS = ("tenant", "key", "seq", "name", "data", "target", "idempotency_key")

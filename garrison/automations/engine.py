@@ -256,58 +256,29 @@ class Engine:
         last_seq: dict[str, int],
         result: BatchResult,
     ) -> None:
-        if self.db.dialect == "postgresql":
-            self._write_pg(s, tenant, now, slots, versions, effects, failures, last_seq, result)
-            return
-        entity_rows = [
-            {"tenant": tenant, "key": key, "automation": name, "state": slot.state, "version": slot.version,
-             "cursor": slot.cursor, "created_at": now, "updated_at": now}
-            for (name, key), slot in slots.items()
-            if slot.dirty
-        ]
-        if entity_rows:
+        """Store the batch: entities, versions, failures, effects, cursors. On PostgreSQL each bulk
+        statement is one JSON document (:mod:`garrison.pgbulk`); elsewhere the portable statements."""
+        pg = self.db.dialect == "postgresql"
+        dirty = [(name, key, slot) for (name, key), slot in slots.items() if slot.dirty]
+        if dirty and pg:
+            pgbulk.entities_upsert(
+                s, tenant, [{"k": k, "a": a, "s": sl.state, "v": sl.version, "c": sl.cursor} for a, k, sl in dirty], now
+            )
+        elif dirty:
             self.db.execute_upsert(
-                s, ENTITIES, entity_rows, ["tenant", "key", "automation"],
+                s, ENTITIES,
+                [{"tenant": tenant, "key": k, "automation": a, "state": sl.state, "version": sl.version,
+                  "cursor": sl.cursor, "created_at": now, "updated_at": now} for a, k, sl in dirty],
+                ["tenant", "key", "automation"],
                 update={
                     "state": lambda ex: ex.state, "version": lambda ex: ex.version,
                     "cursor": lambda ex: ex.cursor, "updated_at": lambda ex: ex.updated_at,
                 },
             )
-        if versions:
-            s.execute(insert(VERSIONS), versions)
-        if failures:
-            s.execute(insert(FAILURES), failures)
-        if effects:
-            result.effect_ids = list(
-                s.execute(insert(EFFECTS).returning(EFFECTS.c.id, sort_by_parameter_order=True), effects).scalars()
-            )
-            result.effect_labels = effect_labels(result.effect_ids, effects)
-        s.execute(
-            update(CURSORS)
-            .where(CURSORS.c.tenant == tenant, CURSORS.c.key == bindparam("k"))
-            .values(processed_seq=bindparam("seq"), updated_at=now),
-            [{"k": k, "seq": seq} for k, seq in last_seq.items()],
-        )
-
-    def _write_pg(
-        self,
-        s: Any,
-        tenant: str,
-        now: Any,
-        slots: dict[tuple[str, str], _Slot],
-        versions: list[dict[str, Any]],
-        effects: list[dict[str, Any]],
-        failures: list[dict[str, Any]],
-        last_seq: dict[str, int],
-        result: BatchResult,
-    ) -> None:
-        """:meth:`_write` on PostgreSQL: the same rows, each bulk statement one JSON document."""
-        dirty = [{"k": key, "a": name, "s": slot.state, "v": slot.version, "c": slot.cursor}
-                 for (name, key), slot in slots.items() if slot.dirty]
-        if dirty:
-            pgbulk.entities_upsert(s, tenant, dirty, now)
-        if versions:
+        if versions and pg:
             pgbulk.versions_insert(s, tenant, versions, now)
+        elif versions:
+            s.execute(insert(VERSIONS), versions)
         if failures:
             s.execute(insert(FAILURES), failures)
         if effects:
@@ -316,7 +287,15 @@ class Engine:
                 s.execute(insert(EFFECTS).returning(EFFECTS.c.id, sort_by_parameter_order=True), effects).scalars()
             )
             result.effect_labels = effect_labels(result.effect_ids, effects)
-        pgbulk.cursors_update(s, tenant, last_seq, now)
+        if pg:
+            pgbulk.cursors_update(s, tenant, last_seq, now)
+        else:
+            s.execute(
+                update(CURSORS)
+                .where(CURSORS.c.tenant == tenant, CURSORS.c.key == bindparam("k"))
+                .values(processed_seq=bindparam("seq"), updated_at=now),
+                [{"k": k, "seq": seq} for k, seq in last_seq.items()],
+            )
 
     def pending(self, tenant: str, keys: Iterable[str]) -> list[str]:
         """Which of ``keys`` have messages committed but not yet applied."""

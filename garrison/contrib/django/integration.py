@@ -26,7 +26,7 @@ from sqlmodel import Session
 
 from garrison.client import Garrison, configure
 from garrison.contrib.django.conf import DjangoOptions, read_options
-from garrison.errors import ConfigurationError, ValidationError
+from garrison.errors import ConfigurationError
 from garrison.ingest import EventIn, IngestedEvent, validate, write_events
 
 __all__ = ["get_client", "ingest", "ingest_many", "reset"]
@@ -191,24 +191,7 @@ def ingest_many(
     """Ingest a batch in one transaction, all or nothing, as :meth:`garrison.Garrison.ingest_many`, in
     step with the app's transaction like :func:`ingest`. None when the batch waits for the commit."""
     state = _integration()
-    client = state.client
-    checked: list[EventIn] = []
-    for i, item in enumerate(events):
-        where = f"events[{i}]"
-        if not isinstance(item, Mapping):
-            raise ValidationError(f"{where} must be a mapping", field=where)
-        unknown = sorted(set(item) - set(_EVENT_FIELDS))
-        if unknown:
-            raise ValidationError(f"{where} has unknown fields {unknown}", field=f"{where}.{unknown[0]}")
-        checked.append(
-            validate(
-                item.get("name"), item.get("key"), item.get("data"),
-                tenant=client.settings.tenant if item.get("tenant") is None else item["tenant"],
-                idempotency_key=item.get("idempotency_key"), target=item.get("target"),
-                system=bool(item.get("system", False)), max_payload_bytes=client.settings.max_payload_bytes,
-                where=f"{where}.",
-            )
-        )
+    checked = state.client.check_many(events)
     if not checked:
         return []
     return state.write(checked, using, in_transaction)

@@ -74,7 +74,8 @@ def test_a_worker_sigkilled_mid_batch_loses_nothing_and_applies_nothing_twice(
                             for n in range(1, 21)])
     assert total(client, EVENTS) == 400
 
-    doomed = worker(settings, env={"GARRISON_TEST_SLOW_REDUCER": "0.01"})
+    # 30 ms an event: about 6 s for the 400 on two processes, so the kill lands mid-way even on a busy machine.
+    doomed = worker(settings, env={"GARRISON_TEST_SLOW_REDUCER": "0.03"})
     wait_until(lambda: total(client) >= 60, interval=0.02, what="the first worker to be under way")
     doomed.kill()
     committed = total(client)

@@ -13,6 +13,7 @@
     ├── ReplayMismatch          a replay or determinism check found a stored state it cannot reproduce
     ├── DeterminismError        a journey's code no longer makes the calls its live run's history recorded
     ├── VersionMismatch         a statechart event or snapshot of another machine version (names both)
+    ├── MigrationError          the schema cannot be migrated as asked (unknown revision, unreachable database)
     └── ActorError              an actor held outside the worker (garrison.actors) cannot go on
         ├── ActorLocked         another owner holds its lease past the acquire timeout (names the holder)
         ├── LeaseLost           its read-write lease expired or was taken before save: nothing was saved
@@ -119,3 +120,7 @@ class EventFailed(ActorError):
     event: str
     failure_id: int | None
     result: Any
+
+
+class MigrationError(GarrisonError):
+    """The schema cannot be migrated as asked (an unknown revision, a database that cannot be reached)."""

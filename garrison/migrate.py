@@ -45,7 +45,7 @@ from sqlalchemy.exc import OperationalError
 
 from garrison.config import Settings
 from garrison.db import Database
-from garrison.errors import GarrisonError
+from garrison.errors import GarrisonError, MigrationError
 from garrison.models import metadata
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -60,10 +60,6 @@ __all__ = [
     "BASELINE", "VERSION_TABLE", "MigrationError", "Upgrade", "check", "current", "downgrade", "head",
     "revision", "upgrade",
 ]
-
-
-class MigrationError(GarrisonError):
-    """The schema cannot be migrated as asked (an unknown revision, a database that cannot be reached)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,12 +118,8 @@ class Actor:
         self.key = key
         self.tenant = tenant
         self.lock = lock
-        self.acquire_timeout = acquire_timeout
-        self.lease_ttl = lease_ttl
         self._lease = ActorLease(client, chart.name, key, tenant=tenant, lock=lock, acquire_timeout=acquire_timeout,
                                  ttl=lease_ttl)
-        self.owner = self._lease.owner
-        self.lease_name = self._lease.name
         self.committed: dict[str, Any] | None = None
         self.snapshot: dict[str, Any] | None = None
         self.version = 0
@@ -138,6 +134,11 @@ class Actor:
     def lease(self) -> leases.LeaseState | None:
         """The tenure of this actor's lease held now; None when it holds none."""
         return self._lease.state
+
+    @property
+    def owner(self) -> str:
+        """This holder's lease owner token (also in its events' idempotency keys)."""
+        return self._lease.owner
 
     # -- reading the preview --------------------------------------------------------------------
 
@@ -296,7 +297,7 @@ class Actor:
             if self._cursor() >= last:
                 return
             result = engine.process(self.tenant, [self.key])
-            runner.dispatch_effects(self.tenant, result.effect_ids)
+            runner.dispatch_effects(self.tenant, result.effect_ids, result.effect_labels)
             runner.dispatch_timers(self.tenant, result.timer_dues)
             woken = sorted(result.woken - {self.key})
             if woken:

@@ -100,7 +100,7 @@ def variant(name: str, client: Garrison) -> Iterator[None]:
     client.db.engine.dispose()
 
 
-VARIANTS = ["baseline", "imv", "unnest", "recordset", "recordset+nodata", "recordset+nodata+async"]
+VARIANTS = ["baseline", "imv", "unnest", "nodata", "nodata+async"]
 
 # -- the workload ---------------------------------------------------------------------------------------
 

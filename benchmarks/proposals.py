@@ -1,18 +1,15 @@
 """Prototypes of the optimizations proposed in benchmarks/README.md, as monkeypatches.
 
-garrison/ is not modified: ``install("recordset+nodata")`` patches this process only (the profiler and
+garrison/ is not modified: ``install("unnest+nodata")`` patches this process only (the profiler and
 the throughput driver use it; ``benchmarks.patched_worker`` installs ``BENCH_PATCH`` in a worker).
 Every patch applies to PostgreSQL only and falls back to the original code elsewhere.
 
-- ``recordset``: every bulk statement of ingest and of the engine becomes ONE statement whose rows
-  travel as ONE JSON document (``INSERT .. SELECT .. FROM json_to_recordset(%s::json)``), built with one
-  ``json.dumps`` call. Today the multi-row upserts are ``insert().values([...])`` statements that
-  SQLAlchemy compiles anew on every call (hundreds of bind parameters, never cached), the events insert
-  is an insertmanyvalues ``executemany`` whose 1000-row statements psycopg re-parses with a regex on every
-  batch (its parse cache only keeps statements under 4 kB / 50 parameters), and the versions insert and
-  cursor update are ``executemany`` in pipeline mode: one statement per row.
-- ``unnest``: the same with one array parameter per column (``unnest(%s::text[], ...)``); psycopg quotes
-  every array element in Python, so it is a little slower than ``recordset``.
+The ``recordset`` prototype (each bulk statement's rows as one JSON document) is merged: it is
+``garrison/pgbulk.py``, so "baseline" below includes it.
+
+- ``unnest``: every bulk statement of ingest and of the engine as ONE statement with one array parameter
+  per column (``unnest(%s::text[], ...)``); psycopg quotes every array element in Python, so it measured a
+  little slower than the merged json_to_recordset statements.
 - ``imv``: the one-line alternative for the versions insert (``use_insertmanyvalues_wo_returning``).
 - ``nodata``: state versions without a copy of the event's data (the event row has it, by ``event_id``).
 - ``async``: ``synchronous_commit = off``. For information: it weakens guarantee 1 on a PostgreSQL crash.
@@ -39,7 +36,7 @@ from garrison.db import Database
 
 __all__ = ["PARTS", "install"]
 
-PARTS = ("recordset", "unnest", "imv", "nodata", "async", "effectbatch")
+PARTS = ("unnest", "imv", "nodata", "async", "effectbatch")
 
 _ORIGINAL_WRITE_TENANT = ingest_mod._write_tenant
 _ORIGINAL_ENGINE_WRITE = engine_mod.Engine._write
@@ -48,47 +45,6 @@ _ORIGINAL_EXECUTE_UPSERT = Database.execute_upsert
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-# -- recordset: rows as one JSON document -----------------------------------------------------------
-
-R_STREAMS = text("""
-    INSERT INTO garrison_streams (tenant, key, last_seq, updated_at)
-    SELECT :tenant, r.k, r.n, :now FROM json_to_recordset(CAST(:rows AS json)) AS r(k text, n bigint)
-    ON CONFLICT (tenant, key) DO UPDATE
-    SET last_seq = garrison_streams.last_seq + excluded.last_seq, updated_at = excluded.updated_at
-    RETURNING key, last_seq
-""")
-R_EVENTS = text("""
-    INSERT INTO garrison_events (tenant, key, seq, name, data, target, idempotency_key, system, created_at)
-    SELECT :tenant, r.k, r.s, r.n, r.d, r.t, r.i, coalesce(r.y, false), :now
-    FROM json_to_recordset(CAST(:rows AS json)) AS r(k text, s bigint, n text, d jsonb, t text, i text, y boolean)
-    RETURNING id, key, seq
-""")
-R_CURSORS_INIT = text("""
-    INSERT INTO garrison_cursors (tenant, key, processed_seq, updated_at)
-    SELECT :tenant, r.k, 0, :now FROM json_array_elements_text(CAST(:keys AS json)) AS r(k)
-    ON CONFLICT (tenant, key) DO NOTHING
-""")
-R_ENTITIES = text("""
-    INSERT INTO garrison_entities (tenant, key, automation, state, version, cursor, created_at, updated_at)
-    SELECT :tenant, r.k, r.a, r.s, r.v, r.c, :now, :now
-    FROM json_to_recordset(CAST(:rows AS json)) AS r(k text, a text, s jsonb, v integer, c bigint)
-    ON CONFLICT (tenant, key, automation) DO UPDATE
-    SET state = excluded.state, version = excluded.version, cursor = excluded.cursor, updated_at = excluded.updated_at
-""")
-R_VERSIONS = text("""
-    INSERT INTO garrison_state_versions (tenant, key, automation, version, state, message, data, event_id, seq,
-                                         created_at)
-    SELECT :tenant, r.k, r.a, r.v, r.s, r.m, r.d, r.e, r.q, :now
-    FROM json_to_recordset(CAST(:rows AS json))
-         AS r(k text, a text, v integer, s jsonb, m text, d jsonb, e bigint, q bigint)
-""")
-R_CURSORS = text("""
-    UPDATE garrison_cursors AS c SET processed_seq = r.q, updated_at = :now
-    FROM json_to_recordset(CAST(:rows AS json)) AS r(k text, q bigint)
-    WHERE c.tenant = :tenant AND c.key = r.k
-""")
 
 
 def _write_effects_and_failures(
@@ -103,79 +59,6 @@ def _write_effects_and_failures(
         effects_table = engine_mod.EFFECTS
         result.effect_ids = list(s.execute(
             insert(effects_table).returning(effects_table.c.id, sort_by_parameter_order=True), effects).scalars())
-
-
-def _write_tenant_recordset(
-    session: Any, db: Any, tenant: str, events: Sequence[Any], indexes: list[int], results: list[Any],
-    now: datetime,
-) -> None:
-    """``ingest._write_tenant`` with its two bulk statements as json_to_recordset statements.
-
-    Event ids come back with their (key, seq), which is unique: no reliance on RETURNING order.
-    """
-    if db.dialect != "postgresql" or any(events[i].idempotency_key for i in indexes):
-        # the prototype leaves the idempotency-key path (lookup of earlier events) on the original code
-        return _ORIGINAL_WRITE_TENANT(session, db, tenant, events, indexes, results, now)
-    counts: dict[str, int] = {}
-    for i in indexes:
-        counts[events[i].key] = counts.get(events[i].key, 0) + 1
-    keys = sorted(counts)  # same lock order as today: concurrent ingests cannot deadlock
-    returned = session.execute(
-        R_STREAMS, {"tenant": tenant, "now": now, "rows": _dumps([{"k": k, "n": counts[k]} for k in keys])}
-    ).all()
-    next_seq = {k: last - counts[k] + 1 for k, last in returned}
-    rows: list[dict[str, Any]] = []
-    for i in indexes:
-        e = events[i]
-        seq = next_seq[e.key]
-        next_seq[e.key] = seq + 1
-        row = {"k": e.key, "s": seq, "n": e.name, "d": e.data}
-        if e.target is not None:
-            row["t"] = e.target
-        if e.system:
-            row["y"] = True
-        rows.append(row)
-    ids = {(k, s): event_id for event_id, k, s in
-           session.execute(R_EVENTS, {"tenant": tenant, "now": now, "rows": _dumps(rows)}).all()}
-    ingested = ingest_mod.IngestedEvent
-    for i, row in zip(indexes, rows, strict=True):
-        e = events[i]
-        results[i] = ingested(id=ids[(e.key, row["s"])], tenant=tenant, key=e.key, seq=row["s"], name=e.name,
-                              data=e.data, target=e.target, idempotency_key=None, created_at=now)
-    return None
-
-
-def _engine_write_recordset(
-    self: Any, s: Any, tenant: str, now: Any, slots: dict[tuple[str, str], Any], versions: list[dict[str, Any]],
-    effects: list[dict[str, Any]], failures: list[dict[str, Any]], last_seq: dict[str, int], result: Any,
-) -> None:
-    """``Engine._write``: entity upsert, versions insert and cursor update as json_to_recordset statements."""
-    if self.db.dialect != "postgresql":
-        return _ORIGINAL_ENGINE_WRITE(self, s, tenant, now, slots, versions, effects, failures, last_seq, result)
-    dirty = [{"k": key, "a": name, "s": sl.state, "v": sl.version, "c": sl.cursor}
-             for (name, key), sl in slots.items() if sl.dirty]
-    if dirty:
-        s.execute(R_ENTITIES, {"tenant": tenant, "now": now, "rows": _dumps(dirty)})
-    if versions:
-        rows = [{"k": v["key"], "a": v["automation"], "v": v["version"], "s": v["state"], "m": v["message"],
-                 "d": v.get("data"), "e": v["event_id"], "q": v["seq"]} for v in versions]
-        s.execute(R_VERSIONS, {"tenant": tenant, "now": now, "rows": _dumps(rows)})
-    _write_effects_and_failures(s, effects, failures, result)
-    s.execute(R_CURSORS, {"tenant": tenant, "now": now,
-                          "rows": _dumps([{"k": k, "q": q} for k, q in last_seq.items()])})
-    return None
-
-
-def _execute_upsert_recordset(
-    self: Database, session: Any, table: Any, rows: Sequence[dict[str, Any]], index: Sequence[str],
-    update: Any = None, returning: Sequence[Any] = (),
-) -> list[Any]:
-    """The engine's first statement (create the missing cursor rows) as one statement."""
-    if table is engine_mod.CURSORS and update is None and not returning and self.dialect == "postgresql" and rows:
-        session.execute(R_CURSORS_INIT, {"tenant": rows[0]["tenant"], "now": rows[0]["updated_at"],
-                                         "keys": _dumps([r["key"] for r in rows])})
-        return []
-    return _ORIGINAL_EXECUTE_UPSERT(self, session, table, rows, index, update, returning)
 
 
 # -- unnest: one array per column -----------------------------------------------------------------------
@@ -411,17 +294,13 @@ def _listening(target: Any, name: str, fn: Any) -> Iterator[None]:
 
 
 def install(spec: str) -> ExitStack:
-    """Install the parts of ``spec`` (``"recordset+nodata"``; ``""`` or ``"baseline"``: nothing).
+    """Install the parts of ``spec`` (``"unnest+nodata"``; ``""`` or ``"baseline"``: nothing).
 
     Returns an ExitStack that uninstalls them; ``async`` only affects connections opened afterwards.
     """
     stack = ExitStack()
     for part in (p for p in spec.split("+") if p and p != "baseline"):
-        if part == "recordset":
-            stack.enter_context(_patched(ingest_mod, "_write_tenant", _write_tenant_recordset))
-            stack.enter_context(_patched(engine_mod.Engine, "_write", _engine_write_recordset))
-            stack.enter_context(_patched(Database, "execute_upsert", _execute_upsert_recordset))
-        elif part == "unnest":
+        if part == "unnest":
             stack.enter_context(_patched(ingest_mod, "_write_tenant", _write_tenant_unnest))
             stack.enter_context(_patched(engine_mod.Engine, "_write", _engine_write_unnest))
             stack.enter_context(_patched(Database, "execute_upsert", _execute_upsert_unnest))

@@ -370,7 +370,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="information: a machine with one no-op listener, timed until every listener has run "
                         "(one garrison.effect task per transition)")
     p.add_argument("--patch", default="", help="garrison with optimizations of benchmarks/proposals.py installed, "
-                   "in the driver (ingest) and the workers, e.g. recordset+nodata")
+                   "in the driver (ingest) and the workers, e.g. unnest+nodata")
     p.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", PG_URL))
     p.add_argument("--pg-schema", default=PG_SCHEMA)
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", REDIS_URL))

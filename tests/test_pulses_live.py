@@ -118,7 +118,7 @@ def test_two_beats_fire_each_slot_once_and_the_survivor_takes_over_when_the_lead
 def test_a_pulse_over_ten_thousand_entities_applies_once_each_despite_a_duplicate_task_and_a_killed_worker(
     settings_for: Callable[..., Settings], backend: str, worker: Worker
 ) -> None:
-    settings = settings_for(backend, pulse_chunk=250, automations=("tests.apps.tally",))
+    settings = settings_for(backend, pulse_chunk=100, automations=("tests.apps.tally",))
     client = Garrison(settings)
     first = worker(settings)
     make_counters(client, 10_000, "tally")
@@ -133,7 +133,10 @@ def test_a_pulse_over_ten_thousand_entities_applies_once_each_despite_a_duplicat
     publisher = CeleryPublisher(settings)
     publisher.publish_pulse(settings.tenant, opened.id, "once")
     publisher.publish_pulse(settings.tenant, opened.id, "once (duplicate)")
-    wait_until(lambda: 0 < slot_rows(client)[0][2] < 10_000, timeout=60, interval=0.02, what="the pulse to start")
+    try:
+        wait_until(lambda: 0 < slot_rows(client)[0][2] < 10_000, timeout=60, interval=0.05, what="the pulse to start")
+    except AssertionError as exc:  # say where it stood, and what the worker said
+        raise AssertionError(f"{exc}; slot {slot_rows(client)}; worker log:\n{first.output()[-4000:]}") from None
     first.kill()  # mid-pulse
     assert slot_rows(client)[0][1] == "running"
     worker(settings, beat=True)  # its relay re-publishes the stalled slot

@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pytest-xdist processes: each gets a database and a Redis db of its own (tests/conftest.py). The tests
+# mostly wait on real workers, so more processes than cores pays.
+TEST_WORKERS ?= 4
 
 .PHONY: demo test lint typecheck check bench services clean
 
@@ -25,14 +28,17 @@ demo: $(VENV)/.installed
 services:
 	bash scripts/ensure-services
 
-## Lint, type-check, then run the whole suite against PostgreSQL + Redis and against SQLite.
+## Lint, type-check, check the layer contracts, then run the whole suite against PostgreSQL + Redis and
+## against SQLite, in parallel.
 test: $(VENV)/.installed-test services
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy

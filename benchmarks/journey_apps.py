@@ -19,8 +19,8 @@ import os
 from datetime import datetime, timedelta
 from typing import Any
 
-from garrison.automations.base import Message
-from garrison.automations.journey import JourneyContext, journey
+from garrison.automations.journeys.journey import JourneyContext, journey
+from garrison.core.contract import Message
 
 TIMEOUT_MS = int(os.environ.get("BENCH_JOURNEY_TIMEOUT_MS", "150"))
 

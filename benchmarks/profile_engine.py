@@ -41,7 +41,7 @@ from sqlalchemy import event, text  # noqa: E402
 from benchmarks.proposals import install  # noqa: E402
 from garrison.client import Garrison  # noqa: E402
 from garrison.config import Settings  # noqa: E402
-from garrison.publisher import NullPublisher  # noqa: E402
+from garrison.core.publisher import NullPublisher  # noqa: E402
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SCHEMA = "garrison_bench_profile"

@@ -30,9 +30,9 @@ from sqlalchemy import event, text
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.engine import Engine as SAEngine
 
-import garrison.automations.engine as engine_mod
-import garrison.ingest as ingest_mod
-from garrison.db import Database
+import garrison.core.engine as engine_mod
+import garrison.core.ingest as ingest_mod
+from garrison.core.db import Database
 
 __all__ = ["PARTS", "install"]
 
@@ -211,7 +211,7 @@ def perform_effects(client: Any, tenant: str, effect_ids: Sequence[int]) -> list
     relay publishes them again (with the same idempotency keys)."""
     from sqlalchemy import select, update
 
-    from garrison.automations.base import EffectContext, EffectSpec
+    from garrison.core.contract import EffectContext, EffectSpec
 
     effects = engine_mod.EFFECTS
     db = client.db

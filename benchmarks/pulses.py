@@ -44,10 +44,10 @@ from sqlalchemy import text  # noqa: E402
 
 from benchmarks.procs import wait_for, worker  # noqa: E402
 from benchmarks.throughput import TENANT, WARMUP_TENANT, fresh, pg_url  # noqa: E402
-from garrison.automations.pulses import open_slot, save_schedule  # noqa: E402
-from garrison.automations.schedules import PulseSchedule  # noqa: E402
 from garrison.client import Garrison  # noqa: E402
 from garrison.config import Settings  # noqa: E402
+from garrison.pulses.fanout import open_slot, save_schedule  # noqa: E402
+from garrison.pulses.schedules import PulseSchedule  # noqa: E402
 from garrison.tasks.publisher import CeleryPublisher  # noqa: E402
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -241,9 +241,9 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
     import pstats
 
     from benchmarks.profile_engine import SqlTimer
-    from garrison.automations.pulses import fan_out_chunk
-    from garrison.automations.runner import Runner
-    from garrison.publisher import NullPublisher
+    from garrison.core.publisher import NullPublisher
+    from garrison.core.runner import Runner
+    from garrison.pulses.fanout import fan_out_chunk
 
     chunk = args.chunk_list[0]
     with tempfile.TemporaryDirectory(prefix="garrison-bench-pulses-") as tmp:

@@ -43,9 +43,9 @@ from sqlalchemy import text  # noqa: E402
 
 from benchmarks.procs import RssSampler, group_detail, mb, wait_for, worker  # noqa: E402
 from benchmarks.throughput import applied, fresh, pg_url  # noqa: E402
-from garrison.automations.timers import overdue, promote, timer_tenants  # noqa: E402
 from garrison.client import Garrison  # noqa: E402
 from garrison.config import Settings  # noqa: E402
+from garrison.core.timers import overdue, promote, timer_tenants  # noqa: E402
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PG_SCHEMA = "garrison_bench_timers"

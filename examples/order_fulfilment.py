@@ -21,9 +21,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from garrison import FrozenClock, Garrison, Message, NullPublisher, Settings
-from garrison.actors import hold_actor
-from garrison.automations.statechart import Statechart
+from garrison import FrozenClock, Garrison, Message, NullPublisher, Settings, Statechart, hold_actor
 
 
 def add_item(context: dict[str, Any], event: Message) -> None:

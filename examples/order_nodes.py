@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from garrison import Garrison, NullPublisher, Settings, configure
-from garrison.automations.nodes import NodeContext, NodeEvent, Nodes, Views
+from garrison import Garrison, NodeContext, NodeEvent, Nodes, NullPublisher, Settings, Views, configure
 
 shop = Nodes("shop")
 orders = shop.node("orders")

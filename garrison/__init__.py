@@ -3,9 +3,7 @@
 Events go to SQL first, Celery carries the work, SQL is the source of truth.
 """
 
-from garrison.actors import Actor, SaveResult, SentEvent, hold_actor, load_actor
-from garrison.automations.base import Automation, Message
-from garrison.automations.journey import Journey, JourneyContext, journey
+from garrison.automations.journeys import Journey, JourneyContext, journey
 from garrison.automations.loop import Command, CommandContext, Msg, UpdateLoop
 from garrison.automations.machine import Machine, Transition
 from garrison.automations.nodes import (
@@ -15,15 +13,19 @@ from garrison.automations.nodes import (
     NodeEvent,
     Nodes,
     NodeSnapshot,
+    NodeState,
     View,
     Views,
 )
-from garrison.automations.replay import Mismatch, ReplayReport
-from garrison.automations.runs import RunInfo, TimerInfo
-from garrison.automations.statechart import Statechart, Step
+from garrison.automations.statecharts import Actor, SaveResult, SentEvent, Statechart, Step, hold_actor, load_actor
 from garrison.client import Garrison, configure, default_client
 from garrison.clock import FrozenClock, SystemClock
 from garrison.config import Settings
+from garrison.core.contract import Automation, Message
+from garrison.core.ingest import IngestedEvent
+from garrison.core.publisher import NullPublisher, Publisher
+from garrison.core.replay import Mismatch, ReplayReport
+from garrison.core.runs import RunInfo, TimerInfo
 from garrison.durations import parse_duration
 from garrison.errors import (
     ActorError,
@@ -43,9 +45,6 @@ from garrison.errors import (
     ValidationError,
     VersionMismatch,
 )
-from garrison.ingest import IngestedEvent
-from garrison.nodes import NodeState
-from garrison.publisher import NullPublisher, Publisher
 
 __version__ = "0.1.0"
 

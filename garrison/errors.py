@@ -14,7 +14,7 @@
     ├── DeterminismError        a journey's code no longer makes the calls its live run's history recorded
     ├── VersionMismatch         a statechart event or snapshot of another machine version (names both)
     ├── MigrationError          the schema cannot be migrated as asked (unknown revision, unreachable database)
-    └── ActorError              an actor held outside the worker (garrison.actors) cannot go on
+    └── ActorError              an actor held outside the worker (statecharts.actors) cannot go on
         ├── ActorLocked         another owner holds its lease past the acquire timeout (names the holder)
         ├── LeaseLost           its read-write lease expired or was taken before save: nothing was saved
         └── EventFailed         a sent event failed when the engine applied it (names the event, failure)
@@ -91,7 +91,8 @@ class VersionMismatch(GarrisonError):
 
 
 class ActorError(GarrisonError):
-    """An actor held outside the worker (:mod:`garrison.actors`) cannot go on. Names the actor."""
+    """An actor held outside the worker (:mod:`garrison.automations.statecharts.actors`) cannot go on.
+    Names the actor."""
 
     automation: str
     key: str
@@ -115,7 +116,7 @@ class LeaseLost(ActorError):
 class EventFailed(ActorError):
     """An event an actor saved was ingested but failed when applied (its action raised, or another
     version refused it): the message is marked failed (``failure_id``, retryable from the CLI).
-    ``result`` is the :class:`~garrison.actors.SaveResult` of the whole save."""
+    ``result`` is the :class:`~garrison.automations.statecharts.actors.SaveResult` of the whole save."""
 
     event: str
     failure_id: int | None

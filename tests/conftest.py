@@ -1,6 +1,11 @@
 """Test harness: every backend test runs twice, on PostgreSQL + Redis and on the embedded default
 (SQLite + kombu's filesystem transport). PostgreSQL and Redis are required when CI=true; locally a test
-that needs a missing one is skipped with the reason."""
+that needs a missing one is skipped with the reason.
+
+The suite runs in parallel (pytest-xdist): each xdist worker process gets a database and a Redis db of its
+own, derived from ``GARRISON_TEST_PG_URL`` (``.../test`` -> ``.../test_gw0``, ``.../test_gw1``...) and
+``GARRISON_TEST_REDIS_URL`` (db 15 -> 15, 14, 13...), so workers never see each other's rows or messages.
+Set both to run two suites side by side."""
 
 from __future__ import annotations
 
@@ -9,16 +14,18 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from garrison.client import Garrison, configure
 from garrison.config import Settings
-from garrison.publisher import NullPublisher
-from tests.harness import WorkerProcess, start_worker, wait_until
+from garrison.core.publisher import NullPublisher
+from tests.harness import WorkerProcess, ensure_database, start_worker, wait_until, worker_urls
 
-PG_URL = os.environ.get("GARRISON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("GARRISON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+BASE_PG_URL = os.environ.get("GARRISON_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+BASE_REDIS_URL = os.environ.get("GARRISON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PG_URL, REDIS_URL = worker_urls(BASE_PG_URL, BASE_REDIS_URL, os.environ.get("PYTEST_XDIST_WORKER"))
 BACKENDS = ["postgres", "sqlite"]
 
 __all__ = ["wait_until"]
@@ -32,10 +39,22 @@ def _reachable(host: str, port: int) -> bool:
         return False
 
 
+def _services() -> list[tuple[str, str, int]]:
+    pg, redis_url = urlsplit(PG_URL), urlsplit(REDIS_URL)
+    return [("PostgreSQL", pg.hostname or "127.0.0.1", pg.port or 5432),
+            ("Redis", redis_url.hostname or "127.0.0.1", redis_url.port or 6379)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Create this xdist worker's database when PostgreSQL answers (tests skip or fail later when not)."""
+    if PG_URL != BASE_PG_URL and _reachable(*_services()[0][1:]):
+        ensure_database(PG_URL)
+
+
 def require_services() -> None:
-    missing = [n for n, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not _reachable("127.0.0.1", port)]
+    missing = [n for n, host, port in _services() if not _reachable(host, port)]
     if missing:
-        message = f"{', '.join(missing)} not reachable on 127.0.0.1"
+        message = f"{', '.join(missing)} not reachable ({PG_URL}, {REDIS_URL})"
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true: {message}; run `make services`", pytrace=False)
         pytest.skip(message)

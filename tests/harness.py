@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -11,9 +12,41 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from garrison.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_urls(pg_url: str, redis_url: str, worker: str | None) -> tuple[str, str]:
+    """The database and Redis db of one xdist worker (``gw0``, ``gw1``...): the base database name with
+    the worker's id appended, and the base Redis db counted down by the worker's number. Outside xdist,
+    the base URLs themselves."""
+    if not worker or not worker.startswith("gw"):
+        return pg_url, redis_url
+    index = int(worker[2:])
+    pg = make_url(pg_url)
+    pg = pg.set(database=f"{pg.database}_{worker}")
+    base, _, db = redis_url.rpartition("/")
+    number = int(db or 0) - index
+    if number < 0:
+        raise RuntimeError(f"xdist worker {worker} needs Redis db {number} below {redis_url}: run fewer workers "
+                           "or point GARRISON_TEST_REDIS_URL at a higher db")
+    return pg.render_as_string(hide_password=False), f"{base}/{number}"
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database of ``url`` when it does not exist (through the ``postgres`` one)."""
+    import psycopg
+
+    target = make_url(url)
+    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)).fetchone() is None:
+            # Another run's worker may make it meanwhile: that is as good.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(f'CREATE DATABASE "{target.database}"')
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:

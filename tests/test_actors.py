@@ -1,6 +1,6 @@
-"""Actors held outside the worker (garrison.actors), on both backends: preview, save through the engine,
-no lost update against the worker, lock modes, and leases that never leak (a failed load, a failed save,
-a SIGKILLed holder)."""
+"""Actors held outside the worker (garrison.automations.statecharts.actors), on both backends: preview,
+save through the engine, no lost update against the worker, lock modes, and leases that never leak (a failed
+load, a failed save, a SIGKILLed holder)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from garrison import leases
-from garrison.actors import hold_actor, load_actor
-from garrison.automations.statechart import Statechart
+from garrison.automations.statecharts.actors import hold_actor, load_actor
+from garrison.automations.statecharts.chart import Statechart
 from garrison.client import Garrison
 from garrison.clock import FrozenClock
 from garrison.config import Settings
+from garrison.core import leases
+from garrison.core.publisher import NullPublisher
 from garrison.errors import (
     ActorError,
     ActorLocked,
@@ -31,7 +32,6 @@ from garrison.errors import (
     VersionMismatch,
 )
 from garrison.models import EVENTS
-from garrison.publisher import NullPublisher
 from tests.harness import ROOT, WorkerProcess, child_env, wait_until
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)

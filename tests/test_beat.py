@@ -11,12 +11,11 @@ import pytest
 from sqlalchemy import select
 
 from garrison import FrozenClock, Garrison, Machine, NullPublisher, Settings
-from garrison.automations.beat import PulseBeat
-from garrison.automations.pulses import save_schedule
-from garrison.automations.runner import Runner
-from garrison.automations.schedules import PulseSchedule
 from garrison.errors import DefinitionError
 from garrison.models import PULSE_SLOTS, SCHEDULES
+from garrison.pulses.beat import PulseBeat
+from garrison.pulses.fanout import run_pulse, save_schedule
+from garrison.pulses.schedules import PulseSchedule
 
 START = datetime(2025, 1, 1, 12, 0, 0, 500_000, tzinfo=UTC)
 
@@ -69,7 +68,7 @@ def test_a_schedule_added_at_run_time_fires_on_the_next_tick_and_a_paused_one_do
     assert [(name, slot) for _, name, slot in report.opened] == [("tick", datetime(2025, 1, 1, 12, 0, 1, tzinfo=UTC))]
     [(tenant, slot_id, label)] = publisher.pulses
     assert label == "tick@2025-01-01T12:00:01+00:00"
-    assert Runner(client).run_pulse(tenant, slot_id, chunk=2) == 5
+    assert run_pulse(client, tenant, slot_id, chunk=2) == 5
     client.run_pending(effects=False)
     assert {client.state("counter", f"k{n}")["count"] for n in range(5)} == {2}
     assert beat.tick().opened == []  # nothing new is due in the same second
@@ -129,7 +128,7 @@ def test_pulses_defined_in_code_are_synced_for_the_tenants_that_have_entities(
 def test_a_lease_has_one_holder_until_it_expires_and_changes_hands_with_a_new_epoch(
     settings_for: Callable[..., Settings], backend: str
 ) -> None:
-    from garrison.leases import acquire, holder, release
+    from garrison.core.leases import acquire, holder, release
 
     db = Garrison(settings_for(backend), publisher=NullPublisher()).db
     t0 = START

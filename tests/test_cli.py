@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from garrison.automations.runner import Runner
 from garrison.cli import cli
 from garrison.client import Garrison, configure
 from garrison.config import Settings
-from garrison.publisher import NullPublisher
+from garrison.core.publisher import NullPublisher
+from garrison.core.runner import Runner
 from tests.apps.counter import counter
 from tests.apps.flaky import flaky
 from tests.harness import ROOT, child_env, wait_until

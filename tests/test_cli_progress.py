@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from garrison.automations.pulses import fan_out_chunk, open_slot, save_schedule, slot_progress
-from garrison.automations.runner import Runner
-from garrison.automations.schedules import PulseSchedule
 from garrison.cli import cli, operate
 from garrison.client import Garrison
 from garrison.config import Settings
-from garrison.inspect import inspect_key
+from garrison.core.runner import Runner
+from garrison.ops.inspect import inspect_key
+from garrison.pulses.fanout import fan_out_chunk, open_slot, run_pulse, save_schedule, slot_progress
+from garrison.pulses.schedules import PulseSchedule
 from tests.apps.counter import counter
 
 
@@ -207,7 +207,7 @@ def test_pulses_watch_gives_up_after_its_timeout_and_says_when_nothing_runs(offl
     other = run(offline.settings, "pulses", "--tenant", "acme", "watch", "tick")
     assert other.exit_code == 1 and "tenant='acme'" in other.stderr  # the group's --tenant applies
 
-    Runner(offline).run_pulse("default", slot_id, chunk=10)
+    run_pulse(offline, "default", slot_id, chunk=10)
     idle = run(offline.settings, "pulses", "watch", "tick", "--wait", "0.1", "--interval", "0.05")
     assert idle.exit_code == 0
     assert idle.stdout.startswith("pulse 'tick': no slot running; last slot ") and idle.stdout.endswith("done 2/2\n")

@@ -15,12 +15,12 @@ from click.testing import CliRunner, Result
 from sqlalchemy import func, select
 
 from garrison import FrozenClock, Garrison, NullPublisher, Settings
-from garrison.automations.pulse_admin import SlotInfo
-from garrison.automations.pulses import fan_out_chunk, open_slot, save_schedule
-from garrison.automations.schedules import PulseSchedule
 from garrison.cli import cli
 from garrison.errors import DefinitionError, NotFound, UnknownAutomation, ValidationError
 from garrison.models.pulses import PULSE_SLOTS, SCHEDULES
+from garrison.pulses.admin import SlotInfo
+from garrison.pulses.fanout import fan_out_chunk, open_slot, save_schedule
+from garrison.pulses.schedules import PulseSchedule
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday
 

@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from garrison import FrozenClock, Garrison, NullPublisher, Settings
-from garrison.automations.base import Message
-from garrison.automations.journey import JourneyContext, journey
-from garrison.automations.runs import RunInfo
+from garrison.automations.journeys.journey import JourneyContext, journey
 from garrison.cli import cli
+from garrison.core.contract import Message
+from garrison.core.runs import RunInfo
 from tests.apps.counter import counter
 
 AUTOMATIONS = ("tests.apps.journeys", "tests.apps.counter")

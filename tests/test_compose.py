@@ -30,9 +30,9 @@ import httpx
 import pytest
 import yaml
 
-from garrison import migrate
 from garrison.cli import cli
 from garrison.config import Settings
+from garrison.ops import migrate
 from tests.conftest import make_settings
 from tests.harness import ROOT, wait_until
 from tests.test_migrations import _wipe

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from garrison import FrozenClock, Garrison, NullPublisher, Settings
-from garrison.automations.runner import Runner
+from garrison.core.runner import Runner
 from garrison.demo.onboarding import onboarding
 from garrison.demo.runner import Feed
 from garrison.demo.support import read_mailbox, send_email, support

@@ -13,12 +13,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from garrison.automations.runner import Runner
 from garrison.client import Garrison, IngestedEvent
 from garrison.config import Settings
-from garrison.ingest import EventIn, validate, write_events
+from garrison.core.ingest import EventIn, validate, write_events
+from garrison.core.publisher import NullPublisher
+from garrison.core.runner import Runner
 from garrison.models import ENTITIES, EVENTS, FAILURES, VERSIONS
-from garrison.publisher import NullPublisher
 from tests.apps.counter import counter
 from tests.harness import WorkerProcess, wait_until
 

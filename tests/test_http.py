@@ -23,10 +23,10 @@ from sqlalchemy import select
 from garrison.cli import cli
 from garrison.client import Garrison
 from garrison.config import Settings
+from garrison.core.publisher import NullPublisher
 from garrison.errors import ConfigurationError
 from garrison.http import ApiKeys, create_app
 from garrison.models import EVENTS
-from garrison.publisher import NullPublisher
 from tests.harness import ROOT, WorkerProcess, child_env, wait_until
 
 with warnings.catch_warnings():

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select
 
-from garrison.automations.runner import Runner
 from garrison.client import Garrison
 from garrison.config import Settings
+from garrison.core.publisher import NullPublisher
+from garrison.core.runner import Runner
 from garrison.errors import PayloadTooLarge, ValidationError
 from garrison.models import EVENTS, STREAMS, VERSIONS
-from garrison.publisher import NullPublisher
 from tests.apps.counter import counter
 
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from garrison import FrozenClock, Garrison, NullPublisher, Settings
-from garrison.automations.journey import Journey, JourneyContext, journey, matches
+from garrison.automations.journeys.journey import Journey, JourneyContext, journey, matches
 from garrison.durations import format_duration, parse_duration
 from garrison.errors import DefinitionError, GarrisonError, NotFound, ValidationError
 from garrison.models import EVENTS, TIMERS

@@ -1,4 +1,4 @@
-"""The lease primitive (garrison.leases): one holder at a time, a fencing epoch that only goes up, and a
+"""The lease primitive (garrison.core.leases): one holder at a time, a fencing epoch that only goes up, and a
 contention test with eight real processes on each backend.
 
 Run as a module (``python -m tests.test_leases DB_URL LEASE OUT READY GO``) it is one contender of the
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from garrison import Garrison, NullPublisher, Settings
-from garrison.db import Database
-from garrison.leases import LeaseState, acquire, holder, new_owner, release, renew
+from garrison.core.db import Database
+from garrison.core.leases import LeaseState, acquire, holder, new_owner, release, renew
 from tests.harness import ROOT, wait_until
 
 T0 = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)

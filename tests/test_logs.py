@@ -14,10 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from garrison.automations.machine import Machine, Transition
-from garrison.automations.runner import Runner
 from garrison.cli import cli
 from garrison.client import Garrison
 from garrison.config import Settings
+from garrison.core.publisher import NullPublisher
+from garrison.core.runner import Runner
 from garrison.errors import ConfigurationError
 from garrison.logs import (
     ContextFilter,
@@ -28,7 +29,6 @@ from garrison.logs import (
     install,
     log_context,
 )
-from garrison.publisher import NullPublisher
 from tests.harness import WorkerProcess, wait_until
 
 # Run by the worker too (GARRISON_AUTOMATIONS=tests.test_logs): logs from its reducer and its listener.

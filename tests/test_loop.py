@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from garrison.automations.runner import Runner
 from garrison.client import Garrison
 from garrison.config import Settings
+from garrison.core.publisher import NullPublisher
+from garrison.core.runner import Runner
 from garrison.models import Failure
-from garrison.publisher import NullPublisher
 from tests.apps.loops import cart
 from tests.harness import WorkerProcess, wait_until
 

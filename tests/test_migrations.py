@@ -1,7 +1,7 @@
 """Migrations: `garrison db upgrade` builds exactly the models' schema on PostgreSQL and SQLite, keeps every
 row when it upgrades, does nothing the second time, adopts a database made by `create_all` before
 migrations existed, refuses a revision it does not know, is safe when two deploys run it at once, and the
-developers' `python -m garrison.migrate revision` writes a working next migration. An installed copy of
+developers' `python -m garrison.ops.migrate revision` writes a working next migration. An installed copy of
 the package (not the source tree) carries its migrations."""
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Connection, MetaData, Table, select, text
 from sqlalchemy.types import JSON
 
-from garrison import migrate
 from garrison.cli import cli
 from garrison.client import Garrison
 from garrison.config import Settings
-from garrison.db import Database
+from garrison.core.db import Database
+from garrison.core.publisher import NullPublisher
 from garrison.models import EVENTS, STREAMS, metadata
-from garrison.publisher import NullPublisher
+from garrison.ops import migrate
 from tests.conftest import make_settings
 from tests.harness import ROOT
 

@@ -19,16 +19,17 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from garrison.automations.base import Message
-from garrison.automations.nodes import NodeEvent, Nodes, compile_pattern, takes_views
-from garrison.automations.nodes import select as select_path
+from garrison.automations.nodes import NodeEvent, Nodes
+from garrison.automations.nodes.events import compile_pattern, takes_views
+from garrison.automations.nodes.events import select as select_path
 from garrison.cli import cli
 from garrison.client import Garrison, configure
 from garrison.config import Settings
+from garrison.core.contract import Message
+from garrison.core.publisher import NullPublisher
 from garrison.errors import DefinitionError, UnknownNode, ValidationError
-from garrison.inspect import inspect_key
 from garrison.models import EVENTS, FAILURES, VERSIONS
-from garrison.publisher import NullPublisher
+from garrison.ops.inspect import inspect_key
 from tests.apps.nodes import audit, billing, counter, dashboard, increment, inventory, mesh, orders
 from tests.harness import ROOT, WorkerProcess, child_env, wait_until
 

@@ -10,9 +10,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from garrison import FrozenClock, Garrison, NullPublisher, Settings
-from garrison.automations.pulses import fan_out_chunk, open_slot, save_schedule
-from garrison.automations.schedules import PulseSchedule
 from garrison.models import ENTITIES, EVENTS, PULSE_SLOTS
+from garrison.pulses.fanout import fan_out_chunk, open_slot, save_schedule
+from garrison.pulses.schedules import PulseSchedule
 from tests.test_examples import load
 from tests.test_timers import analyze
 
@@ -127,7 +127,7 @@ def test_a_pulse_key_is_the_same_whichever_path_wrote_it_even_for_keys_too_long_
 ) -> None:
     """PostgreSQL writes a page in one server-side statement that computes the idempotency key in SQL;
     it must be exactly pulse_key(), including the sha256 form for keys too long to embed."""
-    from garrison.automations.pulses import pulse_key
+    from garrison.pulses.fanout import pulse_key
 
     client = offline(settings_for, backend)
     tenant = client.settings.tenant
@@ -180,8 +180,8 @@ def test_a_pulse_filter_selects_exactly_what_state_matches_selects_whichever_sid
 ) -> None:
     """On PostgreSQL a filter of strings, booleans and nulls runs inside the page's statement; the
     entities it reaches must be exactly those ``state_matches`` accepts, type for type."""
-    from garrison.automations.pulses import sql_filter
-    from garrison.automations.schedules import state_matches
+    from garrison.pulses.fanout import sql_filter
+    from garrison.pulses.schedules import state_matches
 
     client = offline(settings_for, backend)
     tenant = client.settings.tenant

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select, update
 
-from garrison.automations.pulses import save_schedule
-from garrison.automations.schedules import PulseSchedule
 from garrison.client import Garrison
 from garrison.config import Settings
-from garrison.leases import holder
+from garrison.core.leases import holder
 from garrison.models import ENTITIES, EVENTS, PULSE_SLOTS, SCHEDULES
+from garrison.pulses.fanout import save_schedule
+from garrison.pulses.schedules import PulseSchedule
 from garrison.tasks.publisher import CeleryPublisher
 from tests.conftest import wait_until
 from tests.harness import WorkerProcess, start_beat
@@ -126,7 +126,7 @@ def test_a_pulse_over_ten_thousand_entities_applies_once_each_despite_a_duplicat
     analyze(client)
     schedule_id = save_schedule(client.db, settings.tenant, PulseSchedule("once", "tally", "add", cron="0 0 1 1 *"),
                                 client.clock.now())
-    from garrison.automations.pulses import open_slot
+    from garrison.pulses.fanout import open_slot
 
     opened = open_slot(client.db, settings.tenant, schedule_id, client.clock.now(), client.clock.now())
     assert opened is not None
@@ -183,7 +183,7 @@ def test_a_running_pulse_reports_its_progress_as_task_events_for_flower(
     import threading
     from typing import Any
 
-    from garrison.automations.pulses import open_slot
+    from garrison.pulses.fanout import open_slot
     from garrison.tasks.app import create_celery
 
     settings = settings_for("postgres", pulse_chunk=100, automations=("tests.apps.tally",))

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from garrison.automations.machine import Machine
-from garrison.automations.runner import Runner
 from garrison.client import Garrison
 from garrison.config import Settings
-from garrison.publisher import NullPublisher
+from garrison.core.publisher import NullPublisher
+from garrison.core.runner import Runner
 from tests.apps.counter import counter
 
 

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from garrison.automations.schedules import PulseSchedule, state_matches
 from garrison.errors import DefinitionError
+from garrison.pulses.schedules import PulseSchedule, state_matches
 
 PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")

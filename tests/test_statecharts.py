@@ -1,4 +1,4 @@
-"""Statecharts (garrison.automations.statechart): the semantics as pure steps, then on both backends
+"""Statecharts (garrison.automations.statecharts.chart): the semantics as pure steps, then on both backends
 offline, and a delayed transition on a real worker that is SIGKILLed between the event and the delay."""
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from garrison.automations.base import ApplyContext, Message
-from garrison.automations.statechart import Statechart, Step
-from garrison.automations.timers import TIMER_EVENT
+from garrison.automations.statecharts.chart import Statechart, Step
 from garrison.client import Garrison
 from garrison.clock import FrozenClock
 from garrison.config import Settings
+from garrison.core.contract import ApplyContext, Message
+from garrison.core.ingest import EventIn, write_events
+from garrison.core.publisher import NullPublisher
+from garrison.core.timers import TIMER_EVENT
 from garrison.errors import DefinitionError, ValidationError, VersionMismatch
-from garrison.ingest import EventIn, write_events
 from garrison.models import EVENTS, FAILURES, TIMERS, VERSIONS
-from garrison.publisher import NullPublisher
 from tests.apps.statecharts import light
 from tests.harness import ROOT, WorkerProcess, wait_until
 
@@ -342,7 +342,7 @@ def test_events_ingested_by_name_drive_a_statechart_and_its_delay_runs_on_a_dura
 
 
 def test_an_entry_emit_is_ingested_once_and_never_again_on_reload_replay_or_reprocessing(frozen: Garrison) -> None:
-    from garrison.actors import load_actor
+    from garrison.automations.statecharts.actors import load_actor
 
     frozen.ingest("light.off", "z")
     frozen.run_pending()

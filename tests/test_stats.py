@@ -12,16 +12,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from click.testing import CliRunner
 
-from garrison.automations.pulses import open_slot, save_schedule
-from garrison.automations.runner import Runner
-from garrison.automations.schedules import PulseSchedule
 from garrison.cli import cli
 from garrison.client import Garrison
 from garrison.clock import FrozenClock
 from garrison.config import Settings
+from garrison.core.publisher import NullPublisher
+from garrison.core.runner import Runner
 from garrison.errors import ValidationError
-from garrison.publisher import NullPublisher
-from garrison.stats import collect_stats
+from garrison.ops.stats import collect_stats
+from garrison.pulses.fanout import open_slot, save_schedule
+from garrison.pulses.schedules import PulseSchedule
 from tests.apps.counter import counter
 
 AUTOMATIONS = ("tests.apps.counter", "tests.apps.journeys")

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from garrison.automations.runner import Runner
 from garrison.client import Garrison
+from garrison.core.runner import Runner
 from garrison.errors import NotFound
-from garrison.inspect import inspect_key
 from garrison.models import EFFECTS, EVENTS, FAILURES, STREAMS, VERSIONS
+from garrison.ops.inspect import inspect_key
 from tests.apps.counter import counter
 
 ACME, GLOBEX = "acme", "globex"

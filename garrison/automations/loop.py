@@ -13,24 +13,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from garrison.automations.base import (
-    JSON,
-    ApplyContext,
-    Automation,
-    EffectContext,
-    EffectSpec,
-    Message,
-    Outcome,
-    clone_json,
-    ensure_json,
-    json_equal,
-)
+from garrison.core.contract import ApplyContext, Automation, EffectClient, EffectContext, EffectSpec, Message, Outcome
+from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
 from garrison.errors import DefinitionError
-
-if TYPE_CHECKING:
-    from garrison.client import Garrison
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +41,7 @@ class CommandContext:
     tenant: str
     key: str
     idempotency_key: str
-    client: Garrison
+    client: EffectClient
 
 
 Init = Callable[[], tuple[JSON, Any]]

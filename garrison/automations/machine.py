@@ -14,25 +14,23 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
-from garrison.automations.base import (
-    JSON,
+from garrison.core.contract import (
     ApplyContext,
     Automation,
+    EffectClient,
     EffectContext,
     EffectSpec,
     Message,
     Outcome,
-    clone_json,
-    ensure_json,
-    json_equal,
     preferences_for,
 )
+from garrison.core.ingest import IngestedEvent
+from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
+from garrison.core.runtime import default_client
 from garrison.errors import DefinitionError, ValidationError
-
-if TYPE_CHECKING:
-    from garrison.client import Garrison, IngestedEvent
+from garrison.pulses.schedules import PulseSchedule
 
 Reducer = Callable[[dict[str, Any], JSON, dict[str, Any]], JSON]
 
@@ -148,8 +146,6 @@ class Machine(Automation):
         pulses it; called with a message (``inquiry.pulse("* * * * *", "checkTimeout")``) it just adds the
         pulse. A bad expression or timezone is refused here, at import.
         """
-        from garrison.automations.schedules import PulseSchedule
-
         def schedule(reducer: str) -> PulseSchedule:
             cron, every = (None, when) if when.strip().lower().startswith("every") else (when, None)
             return PulseSchedule(
@@ -196,11 +192,9 @@ class Machine(Automation):
         *,
         tenant: str | None = None,
         idempotency_key: str | None = None,
-        client: Garrison | None = None,
+        client: EffectClient | None = None,
     ) -> IngestedEvent:
         """Ingest a message for ``reducer`` of this machine at ``key``. Fire-and-forget, like casern."""
-        from garrison.client import default_client
-
         self.check_reducer(reducer)
         return (client or default_client()).ingest(
             reducer, key, dict(data or {}), tenant=tenant, idempotency_key=idempotency_key, target=self.name

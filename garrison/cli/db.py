@@ -1,5 +1,8 @@
 """``garrison db``: make garrison's tables ready (``init``), migrate them (``upgrade``), print their revision
-(``current``) and compare them with the models (``check``)."""
+(``current``) and compare them with the models (``check``).
+
+Each command imports :mod:`garrison.ops.migrate` (alembic) when it runs, so the rest of the CLI starts
+without it."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ def db_init(obj: Context) -> None:
     An empty database gets every table; one made before migrations existed is adopted; one at the
     latest revision is left as it is.
     """
-    from garrison import migrate
+    from garrison.ops import migrate
 
     done = migrate.upgrade(obj.settings)
     _check_schema(obj.settings)
@@ -37,7 +40,7 @@ def db_init(obj: Context) -> None:
 def db_upgrade(obj: Context, revision: str) -> None:
     """Migrate garrison's tables to REVISION (default: the latest). Run it on every deploy, before the
     workers start; running it again changes nothing. Two at once are safe: one waits for the other."""
-    from garrison import migrate
+    from garrison.ops import migrate
 
     done = migrate.upgrade(obj.settings, revision)
     url = _safe_url(obj.settings.database_url)
@@ -56,7 +59,7 @@ def db_upgrade(obj: Context, revision: str) -> None:
 @reports_errors
 def db_current(obj: Context) -> None:
     """Print the database's revision and the latest one this garrison knows."""
-    from garrison import migrate
+    from garrison.ops import migrate
 
     at = migrate.current(obj.settings)
     latest = migrate.head()
@@ -74,7 +77,7 @@ def db_check(obj: Context) -> None:
 
 
 def _check_schema(settings: Settings) -> None:
-    from garrison import migrate
+    from garrison.ops import migrate
 
     differences = migrate.check(settings)
     if differences:

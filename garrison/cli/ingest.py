@@ -12,7 +12,9 @@ from typing import Any, TextIO
 
 import click
 
+from garrison.automations.machine import Machine
 from garrison.cli.commands import Context, fail, pass_context, reports_errors
+from garrison.cli.progress import progress_bar
 from garrison.client import Garrison
 from garrison.errors import ValidationError
 
@@ -89,7 +91,6 @@ def _ingest_file(
     as_json: bool,
 ) -> None:
     """``ingest --file``: JSON lines in batches, each one ``ingest_many`` (one transaction)."""
-    from garrison.cli import render
 
     client = obj.client
     label = "stdin" if source.name in ("-", "<stdin>") else source.name
@@ -116,7 +117,7 @@ def _ingest_file(
         bar.render_progress()
 
     try:
-        with render.progress_bar(f"ingest {label}", size, show=progress) as bar:
+        with progress_bar(f"ingest {label}", size, show=progress) as bar:
             for number, line in enumerate(source, 1):
                 bar.update(len(line.encode()) if size is not None else 1)
                 if number < from_line or not line.strip():
@@ -180,8 +181,6 @@ def _file_size(source: TextIO) -> int | None:
 
 
 def _check_target(client: Garrison, target: str, name: str) -> None:
-    from garrison.automations.machine import Machine
-
     if target not in client.registry:
         raise ValidationError(
             f"no automation named {target!r} is registered (known: {sorted(a.name for a in client.registry)})",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -11,11 +12,15 @@ from pathlib import Path
 
 import click
 
-from garrison.automations.replay import Mismatch, ReplayReport
-from garrison.automations.runs import STATUSES
-from garrison.cli import render
 from garrison.cli.commands import Context, fail, pass_context, reports_errors
-from garrison.inspect import inspect_key, jsonable
+from garrison.cli.progress import progress_bar
+from garrison.cli.pulses import TENANT_KEY
+from garrison.core.replay import Mismatch, ReplayReport
+from garrison.core.runs import STATUSES
+from garrison.durations import parse_duration
+from garrison.ops import render
+from garrison.ops.inspect import inspect_key, jsonable
+from garrison.ops.stats import collect_stats, count_entities, entity_keys
 
 
 @click.command("inspect")
@@ -117,8 +122,6 @@ def replay(
 
 def _replay_with_progress(obj: Context, automation: str | None, tenant: str | None) -> ReplayReport:
     """The replay of every entity, key by key so a bar can follow it: the same check, the same report."""
-    from garrison.stats import count_entities, entity_keys
-
     client = obj.client
     report = ReplayReport()
     names = [client.registry.get(automation).name] if automation else [a.name for a in client.registry]
@@ -126,7 +129,7 @@ def _replay_with_progress(obj: Context, automation: str | None, tenant: str | No
         if not client.registry.get(name).replayable:
             report.skipped.append(name)
             continue
-        with render.progress_bar(f"replay {name}", count_entities(client, name, tenant=tenant), show=True) as bar:
+        with progress_bar(f"replay {name}", count_entities(client, name, tenant=tenant), show=True) as bar:
             after = ""
             while keys := entity_keys(client, name, tenant=tenant, after=after):
                 for key in keys:
@@ -152,9 +155,6 @@ def stats(obj: Context, tenant: str | None, window: str, as_json: bool) -> None:
     the oldest has waited), timers overdue and coming due, effects not done, failures waiting for a retry
     (per automation) and pulse slots fanning out.
     """
-    from garrison.durations import parse_duration
-    from garrison.stats import collect_stats
-
     span = parse_duration(window + "s" if window.strip().replace(".", "", 1).isdigit() else window, field="window")
     found = collect_stats(obj.client, tenant=tenant, window=span.total_seconds())
     if as_json:
@@ -184,8 +184,6 @@ def watch(
 
     Prints the slot's final progress; exits 1 when --timeout passed first.
     """
-    from garrison.cli.pulses import TENANT_KEY
-
     client = obj.client
     if tenant is None:
         given = click.get_current_context().meta.get(TENANT_KEY)
@@ -202,7 +200,7 @@ def watch(
         click.echo(f"pulse {name!r}: no slot running; {last}")
         return
     give_up = time.monotonic() + timeout
-    with render.progress_bar(f"pulse {name} @ {render.cell(slot.slot)}", slot.total, show=progress) as bar:
+    with progress_bar(f"pulse {name} @ {render.cell(slot.slot)}", slot.total, show=progress) as bar:
         while True:
             bar.update(slot.done - bar.pos)
             if slot.status != "running" or (timeout and time.monotonic() >= give_up):
@@ -280,8 +278,6 @@ def _run_id(text: str) -> int:
 
 
 def _quote(text: str) -> str:
-    import shlex
-
     return shlex.quote(text)
 
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import click
 
-from garrison.automations.pulse_admin import PulseInfo
-from garrison.automations.schedules import MISSED, OVERLAP
-from garrison.cli import render
 from garrison.cli.commands import Context, fail, pass_context, reports_errors
 from garrison.errors import DefinitionError, UnknownAutomation, ValidationError
-from garrison.inspect import jsonable
+from garrison.ops import render
+from garrison.ops.inspect import jsonable
+from garrison.pulses.admin import PulseInfo
+from garrison.pulses.schedules import MISSED, OVERLAP
 
 TENANT = click.option("--tenant", help="Tenant (default: GARRISON_TENANT).")
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON.")

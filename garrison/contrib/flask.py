@@ -36,14 +36,14 @@ import click
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from garrison.automations.base import Automation
 from garrison.client import Garrison as Client
 from garrison.clock import Clock
 from garrison.config import Settings
 from garrison.contrib import SETTING_NAMES, settings_from_config
+from garrison.core.contract import Automation
+from garrison.core.ingest import IngestedEvent
+from garrison.core.publisher import Publisher
 from garrison.errors import ConfigurationError
-from garrison.ingest import IngestedEvent
-from garrison.publisher import Publisher
 
 __all__ = ["EXTENSION", "Garrison", "settings_from_app"]
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from garrison.automations.base import Message
-from garrison.automations.journey import JourneyContext, journey
+from garrison.automations.journeys.journey import JourneyContext, journey
+from garrison.core.contract import Message
 
 MAX_REMINDERS = 5
 

@@ -31,15 +31,15 @@ from typing import Any
 from sqlalchemy import select
 
 from garrison.automations.machine import Machine
-from garrison.automations.runs import RunInfo
-from garrison.cli import render
 from garrison.client import Garrison
 from garrison.clock import as_utc
 from garrison.config import Settings
+from garrison.core.runs import RunInfo
 from garrison.demo.onboarding import TIMELINE, onboarding
 from garrison.demo.support import read_mailbox, support
-from garrison.inspect import inspect_key
 from garrison.models import EVENTS, VERSIONS
+from garrison.ops import render
+from garrison.ops.inspect import inspect_key
 
 MARKER = ".garrison-demo"
 READY_TIMEOUT = 30.0

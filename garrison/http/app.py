@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from garrison import __version__
 from garrison.client import Garrison
+from garrison.core.ingest import IngestedEvent
 from garrison.errors import PayloadTooLarge, ValidationError
 from garrison.http.keys import ApiKeys
 from garrison.http.limits import BodyLimit
@@ -35,7 +36,6 @@ from garrison.http.schemas import (
     IngestRequest,
     IngestResponse,
 )
-from garrison.ingest import IngestedEvent
 from garrison.models import EVENTS
 
 log = logging.getLogger("garrison.http")

@@ -13,8 +13,8 @@ import hmac
 from dataclasses import dataclass
 
 from garrison.config import Settings
+from garrison.core.ingest import MAX_TENANT
 from garrison.errors import ConfigurationError
-from garrison.ingest import MAX_TENANT
 
 # Short keys can be guessed; 16 characters is the least we accept (``openssl rand -hex 32`` gives 64).
 MIN_KEY_LENGTH = 16

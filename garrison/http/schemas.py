@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from garrison.ingest import MAX_NAME
+from garrison.core.ingest import MAX_NAME
 
 # Per-event keys derived from the header are ``<header>:<index>``: the header leaves room for the index.
 MAX_IDEMPOTENCY_HEADER = 200

@@ -1,1 +1,1 @@
-"""garrison's schema migrations (alembic), run by :mod:`garrison.migrate` and ``garrison db upgrade``."""
+"""garrison's schema migrations (alembic), run by :mod:`garrison.ops.migrate` and ``garrison db upgrade``."""

@@ -7,15 +7,17 @@ imported, because that is how ``celery -A`` finds an app; everything else takes 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_process_init
 
-from garrison.automations.runner import Runner
 from garrison.client import Garrison, configure
 from garrison.config import Settings
+from garrison.core.relay import relay as relay_work
+from garrison.core.runner import Runner
+from garrison.pulses.fanout import relay_stalled, run_pulse
 from garrison.tasks.app import create_celery
 from garrison.tasks.publisher import CeleryPublisher
 
@@ -82,13 +84,16 @@ def pulse(self: Task, tenant: str, slot_id: int) -> int:
     def progress(done: int, total: int | None) -> None:
         self.send_event("task-progress", tenant=tenant, slot=slot_id, done=done, total=total)
 
-    return Runner(client()).run_pulse(tenant, slot_id, settings.pulse_chunk, progress)
+    return run_pulse(client(), tenant, slot_id, settings.pulse_chunk, progress)
 
 
 @app.task(name="garrison.relay", ignore_result=True)
 def relay() -> int:
     """Re-publish work committed but not dispatched (lost messages, killed workers)."""
-    return Runner(client()).relay().total
+    c = client()
+    report = relay_work(c)
+    stalled = relay_stalled(c, c.clock.now() - timedelta(seconds=settings.relay_after))
+    return report.total + len(stalled)
 
 
 __all__ = ["app", "client", "effect", "process", "pulse", "relay", "timers"]

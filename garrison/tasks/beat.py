@@ -3,7 +3,7 @@ never pickles, and its periodic tasks (the relay) are idempotent, so an in-memor
 
 :class:`GarrisonScheduler` (the default) also runs the pulse beat every tick: schedules come from SQL,
 so one added at run time fires without a restart, and only the beat holding the fleet's lease fires
-slots (see :mod:`garrison.automations.beat`).
+slots (see :mod:`garrison.pulses.beat`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import logging
 from typing import Any
 
 from celery.beat import Scheduler
+
+from garrison.pulses.beat import PulseBeat
+from garrison.tasks import client, settings
 
 log = logging.getLogger("garrison.beat")
 
@@ -39,9 +42,6 @@ class GarrisonScheduler(MemoryScheduler):
 
     def pulse_beat(self) -> Any:
         if self._pulses is None:
-            from garrison.automations.beat import PulseBeat
-            from garrison.tasks import client, settings
-
             self._pulses = PulseBeat(client(), ttl=settings.beat_lease_ttl)
             log.info("pulse beat started", extra={"owner": self._pulses.owner})
         return self._pulses

@@ -8,8 +8,9 @@ from functools import cached_property
 
 from celery import Celery
 
-from garrison.automations.timers import eta_buckets
 from garrison.config import Settings
+from garrison.core.timers import eta_buckets
+from garrison.tasks.app import create_celery
 
 
 class CeleryPublisher:
@@ -24,8 +25,6 @@ class CeleryPublisher:
     def app(self) -> Celery:
         if self._app is not None:
             return self._app
-        from garrison.tasks.app import create_celery
-
         return create_celery(self.settings)
 
     def publish_keys(self, tenant: str, keys: Sequence[str]) -> None:

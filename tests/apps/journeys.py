@@ -11,8 +11,8 @@ import json
 import os
 from typing import Any
 
-from garrison.automations.base import Message
-from garrison.automations.journey import JourneyContext, journey
+from garrison.automations.journeys.journey import JourneyContext, journey
+from garrison.core.contract import Message
 
 
 def record_step(name: str, n: Any, idempotency_key: str | None = None) -> dict[str, Any]:

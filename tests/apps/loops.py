@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from garrison.automations.base import Message
 from garrison.automations.loop import CommandContext, Msg, UpdateLoop
+from garrison.core.contract import Message
 
 
 def init() -> tuple[Any, Any]:

@@ -85,7 +85,7 @@ def increment(settings: Settings, n: int, start: Any, pause: float = 0.0) -> Non
     import time
 
     from garrison.client import Garrison
-    from garrison.publisher import NullPublisher
+    from garrison.core.publisher import NullPublisher
 
     client = Garrison(settings, publisher=NullPublisher())
     start.wait()

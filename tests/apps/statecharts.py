@@ -10,8 +10,8 @@ import sys
 import time
 from typing import Any
 
-from garrison.automations.base import Message
-from garrison.automations.statechart import Statechart
+from garrison.automations.statecharts.chart import Statechart
+from garrison.core.contract import Message
 
 
 def count_cycle(context: dict[str, Any], event: Message) -> None:
@@ -75,9 +75,9 @@ tally = Statechart(
 
 
 def _hold(automation: str, key: str, ttl: float) -> None:
-    from garrison.actors import load_actor
+    from garrison.automations.statecharts.actors import load_actor
     from garrison.client import Garrison
-    from garrison.publisher import NullPublisher
+    from garrison.core.publisher import NullPublisher
 
     client = Garrison(publisher=NullPublisher())
     actor = load_actor(client, automation, key, lock="read-write", lease_ttl=ttl)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from garrison.automations.machine import Machine
+from garrison import Machine
 
 emails = Machine("emails", on={"app/email.submitted": "submitted"})
 

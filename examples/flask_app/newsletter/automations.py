@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from garrison.automations.machine import Machine
+from garrison import Machine
 
 subscribers = Machine("subscribers", on={"app/newsletter.subscribed": "subscribed"})
 

@@ -1,6 +1,6 @@
 """A SQLAlchemy engine that runs garrison's ingest statements on Django's own database connection.
 
-garrison's write path (:func:`garrison.ingest.write_events`) takes a SQLAlchemy session. To make the event
+garrison's write path (:func:`garrison.core.ingest.write_events`) takes a SQLAlchemy session. To make the event
 rows commit or roll back with the app's rows, that session must run on the very psycopg connection Django
 is using in this thread, inside Django's transaction, and must never end that transaction itself. So:
 

@@ -26,8 +26,8 @@ from sqlmodel import Session
 
 from garrison.client import Garrison, configure
 from garrison.contrib.django.conf import DjangoOptions, read_options
+from garrison.core.ingest import EventIn, IngestedEvent, validate, write_events
 from garrison.errors import ConfigurationError
-from garrison.ingest import EventIn, IngestedEvent, validate, write_events
 
 __all__ = ["get_client", "ingest", "ingest_many", "reset"]
 

@@ -5,7 +5,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-30
 
-``TABLES`` maps each table to the function that creates it with its indexes: :mod:`garrison.migrate`
+``TABLES`` maps each table to the function that creates it with its indexes: :mod:`garrison.ops.migrate`
 uses it to finish a database made by ``create_all`` that lacks some of them, before recording this
 revision. The types are spelled out here, not imported from the models, so this file stays what it
 was when the models change.

@@ -1,0 +1,184 @@
+"""What every automation is to the engine.
+
+Whatever its style, an automation is a name, a rule for which messages it takes, and a pure handler
+``apply(state, message, ctx) -> Outcome``: the new state plus effects, which are data. The engine
+commits state, cursor and effects in one transaction and dispatches the effects after commit.
+Side effects run later in ``perform``, handed an :class:`EffectContext` with a stable idempotency key.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from garrison.core.ingest import IngestedEvent
+from garrison.core.jsondata import JSON
+from garrison.errors import DefinitionError
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One event as an automation sees it."""
+
+    tenant: str
+    key: str
+    seq: int
+    event_id: int
+    name: str
+    data: dict[str, Any]
+    target: str | None
+    created_at: datetime
+    system: bool = False
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EffectSpec:
+    """A side effect as data: ``kind`` is what ``perform`` dispatches on, ``payload`` is JSON."""
+
+    kind: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TimerSpec:
+    """A durable timer to set: ``name`` is unique per entity; when ``due_at`` comes a ``garrison/timer``
+    event carrying ``data`` (plus ``timer``) is ingested for the entity, targeted at its automation."""
+
+    name: str
+    due_at: datetime
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EmitSpec:
+    """An event to ingest in the transaction of the state change (exactly once)."""
+
+    name: str
+    key: str
+    data: dict[str, Any]
+    idempotency_key: str
+    target: str | None = None
+    system: bool = False
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a handler decided. ``changed`` False means: store no new state version.
+
+    Besides effects (run after commit), a handler may set and cancel durable timers, emit events and
+    describe journey runs; the engine writes all of them in the same transaction as the state.
+    """
+
+    state: JSON
+    changed: bool
+    label: str
+    effects: list[EffectSpec] = field(default_factory=list)
+    timers: list[TimerSpec] = field(default_factory=list)
+    cancel_timers: list[str] = field(default_factory=list)
+    emits: list[EmitSpec] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ``lookup(name, after_seq, before_seq)``: the key's events with after_seq < seq < before_seq, in order,
+# untargeted only; ``name`` an exact name, a glob, or None for every name. The log below a message is
+# immutable, so a handler that reads it stays deterministic.
+Lookup = Callable[[str | None, int, int], list[Message]]
+
+# ``read(automation, keys)``: the committed ``(state, version)`` of other entities of the tenant, read in
+# the engine's own transaction (a key with no stored state is absent). For styles whose handlers look at
+# other entities (node views); never this batch's writes, which are stored only when it commits.
+Reader = Callable[[str, Sequence[str]], Mapping[str, tuple[Any, int]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyContext:
+    """What a handler may know besides state and message.
+
+    ``now`` is when the message was ingested (so a replay sees the same time); ``version`` is the
+    entity's stored version (0: no snapshot yet); ``replay`` is True when rebuilding from the log.
+    """
+
+    tenant: str
+    key: str
+    now: datetime
+    version: int = 0
+    replay: bool = False
+    lookup: Lookup | None = None
+    max_payload_bytes: int = 256 * 1024
+    read: Reader | None = None
+
+
+class EffectClient(Protocol):
+    """The calls effect code makes on the client that performs it (a :class:`garrison.Garrison`, which
+    has many more): send events, read an entity's committed state."""
+
+    def ingest(
+        self, name: str, key: str, data: Mapping[str, Any] | None = None, *, tenant: str | None = None,
+        idempotency_key: str | None = None, target: str | None = None, system: bool = False,
+    ) -> IngestedEvent: ...
+
+    def ingest_many(self, events: Iterable[Mapping[str, Any]]) -> list[IngestedEvent]: ...
+
+    def state(self, automation: str, key: str, *, tenant: str | None = None) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EffectContext:
+    """Handed to ``perform``: where the effect came from, and a client to send with."""
+
+    tenant: str
+    automation: str
+    key: str
+    effect_id: int
+    idempotency_key: str
+    client: EffectClient
+    final_attempt: bool = True
+
+
+class Automation(ABC):
+    """Base of every authoring style. Subclasses set ``style`` and implement the three hooks."""
+
+    style: str = "automation"
+    # Pulses defined in code next to the automation (``@machine.pulse``); beat syncs them to SQL.
+    pulses: tuple[Any, ...] = ()
+    # False for a style whose state may also change outside the event log (node state's ``set`` from a
+    # script): ``replay`` cannot rebuild it from the log and skips it, and ``check`` skips the versions
+    # that no message produced.
+    replayable: bool = True
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise DefinitionError("an automation needs a non-empty name", automation=name)
+        if any(ch in name for ch in " \t\n"):
+            raise DefinitionError("an automation name cannot contain whitespace", automation=name)
+        self.name = name
+
+    @abstractmethod
+    def accepts(self, message: Message) -> bool:
+        """Whether this automation takes the message. Must depend only on its ``name`` and ``target``."""
+
+    @abstractmethod
+    def apply(self, state: JSON, message: Message, ctx: ApplyContext) -> Outcome:
+        """Pure: compute the new state and the effects. Raising marks the message failed."""
+
+    def perform(self, effect: EffectSpec, ctx: EffectContext) -> None:
+        """Run one side effect after commit. Raising makes the worker retry it with backoff."""
+        raise NotImplementedError(f"{type(self).__name__} {self.name!r} has no effect {effect.kind!r}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+def preferences_for(
+    base: Mapping[str, Any], per_tenant: Mapping[str, Mapping[str, Any]], tenant: str
+) -> dict[str, Any]:
+    merged = dict(base)
+    merged.update(per_tenant.get(tenant, {}))
+    return merged
+
+
+Callback = Callable[..., Any]

@@ -1,0 +1,247 @@
+"""Ingest: validate, then write events in one transaction with a per-key sequence.
+
+The sequence comes from an upsert on the key's stream row, which holds that row's lock until commit:
+two ingests for one key serialize, so sequence order is commit order for the key (guarantee 2). The
+worker never touches the stream row, so an ingest never waits on a worker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlmodel import Session
+
+from garrison.clock import as_utc
+from garrison.core import pgbulk
+from garrison.core.db import Database
+from garrison.errors import PayloadTooLarge, ValidationError
+from garrison.models import EVENTS, STREAMS
+
+MAX_NAME = 255
+MAX_TENANT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class EventIn:
+    """A validated event, not yet written."""
+
+    tenant: str
+    name: str
+    key: str
+    data: dict[str, Any]
+    idempotency_key: str | None = None
+    target: str | None = None
+    system: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IngestedEvent:
+    """An event as stored. ``duplicate`` is True when its idempotency key had been seen before."""
+
+    id: int
+    tenant: str
+    key: str
+    seq: int
+    name: str
+    data: dict[str, Any]
+    target: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    duplicate: bool = False
+
+
+def validate(
+    name: Any,
+    key: Any,
+    data: Any,
+    *,
+    tenant: Any,
+    idempotency_key: Any = None,
+    target: Any = None,
+    system: bool = False,
+    max_payload_bytes: int,
+    where: str = "",
+) -> EventIn:
+    """Check one event's arguments; a :class:`ValidationError` names the field (``events[3].key``)."""
+    _text(name, where + "name", MAX_NAME)
+    _text(key, where + "key", MAX_NAME)
+    _text(tenant, where + "tenant", MAX_TENANT)
+    if idempotency_key is not None:
+        _text(idempotency_key, where + "idempotency_key", MAX_NAME)
+    if target is not None:
+        _text(target, where + "target", MAX_NAME)
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ValidationError(
+            f"{where}data must be a JSON object (a dict), not {type(data).__name__}", field=where + "data"
+        )
+    try:
+        encoded = json.dumps(data, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{where}data is not JSON: {exc}", field=where + "data") from exc
+    size = len(encoded.encode())
+    if size > max_payload_bytes:
+        raise PayloadTooLarge(
+            f"{where}data is {size} bytes, over the limit of {max_payload_bytes} (GARRISON_MAX_PAYLOAD_BYTES)",
+            field=where + "data",
+            size=size,
+            limit=max_payload_bytes,
+        )
+    return EventIn(
+        tenant=tenant,
+        name=name,
+        key=key,
+        data=json.loads(encoded),
+        idempotency_key=idempotency_key,
+        target=target,
+        system=bool(system),
+    )
+
+
+def _text(value: Any, field: str, limit: int) -> None:
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string, not {type(value).__name__}", field=field)
+    if not value.strip():
+        raise ValidationError(f"{field} must not be empty", field=field)
+    if len(value) > limit:
+        raise ValidationError(f"{field} is longer than {limit} characters", field=field)
+
+
+def write_events(
+    session: Session, db: Database, events: Sequence[EventIn], now: datetime
+) -> list[IngestedEvent]:
+    """Insert events in the caller's transaction; results are in the order given.
+
+    An event whose idempotency key is already stored (or appears earlier in the batch) is not written
+    again: its result is the first event, marked ``duplicate``.
+    """
+    results: list[IngestedEvent | None] = [None] * len(events)
+    by_tenant: dict[str, list[int]] = {}
+    for index, event in enumerate(events):
+        by_tenant.setdefault(event.tenant, []).append(index)
+    for tenant, indexes in by_tenant.items():
+        _write_tenant(session, db, tenant, events, indexes, results, now)
+    return [r for r in results if r is not None]
+
+
+def _write_tenant(
+    session: Session,
+    db: Database,
+    tenant: str,
+    events: Sequence[EventIn],
+    indexes: list[int],
+    results: list[IngestedEvent | None],
+    now: datetime,
+) -> None:
+    idem_keys = {events[i].idempotency_key for i in indexes if events[i].idempotency_key}
+    seen: dict[str, IngestedEvent] = {}
+    if idem_keys:
+        found = session.execute(
+            select(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.in_(idem_keys))
+        ).mappings()
+        for row in found:
+            seen[row["idempotency_key"]] = _from_row(row, duplicate=True)
+
+    fresh: list[int] = []
+    first_in_batch: dict[str, int] = {}
+    for i in indexes:
+        ik = events[i].idempotency_key
+        if ik is not None and ik in seen:
+            results[i] = seen[ik]
+        elif ik is not None and ik in first_in_batch:
+            continue  # filled in below, once the first one has an id
+        else:
+            if ik is not None:
+                first_in_batch[ik] = i
+            fresh.append(i)
+    if fresh:
+        counts: dict[str, int] = {}
+        for i in fresh:
+            counts[events[i].key] = counts.get(events[i].key, 0) + 1
+        # Sorted keys: concurrent batches lock stream rows in the same order, so they cannot deadlock.
+        _write_fresh(session, db, tenant, events, fresh, counts, results, now)
+    for i in indexes:
+        if results[i] is None:
+            first = results[first_in_batch[events[i].idempotency_key]]  # type: ignore[index]
+            assert first is not None
+            results[i] = _replace_duplicate(first)
+
+
+def _write_fresh(
+    session: Session,
+    db: Database,
+    tenant: str,
+    events: Sequence[EventIn],
+    fresh: list[int],
+    counts: dict[str, int],
+    results: list[IngestedEvent | None],
+    now: datetime,
+) -> None:
+    """Give each new event the next sequence number of its key (the stream rows are bumped, and so
+    locked, in key order: concurrent batches cannot deadlock), then insert the events. On PostgreSQL
+    both statements carry their rows as one JSON document (:mod:`garrison.core.pgbulk`)."""
+    pg = db.dialect == "postgresql"
+    if pg:
+        last = pgbulk.streams_bump(session, tenant, counts, now)
+    else:
+        last = dict(db.execute_upsert(
+            session, STREAMS,
+            [{"tenant": tenant, "key": k, "last_seq": counts[k], "updated_at": now} for k in sorted(counts)],
+            ["tenant", "key"],
+            update={"last_seq": lambda ex: STREAMS.c.last_seq + ex.last_seq, "updated_at": now},
+            returning=(STREAMS.c.key, STREAMS.c.last_seq),
+        ))
+    next_seq = {k: last[k] - counts[k] + 1 for k in counts}
+    seqs: list[int] = []
+    for i in fresh:
+        seqs.append(next_seq[events[i].key])
+        next_seq[events[i].key] += 1
+    if pg:
+        rows: list[dict[str, Any]] = []
+        for i, seq in zip(fresh, seqs, strict=True):
+            e = events[i]
+            row: dict[str, Any] = {"k": e.key, "s": seq, "n": e.name, "d": e.data}
+            if e.target is not None:
+                row["t"] = e.target
+            if e.idempotency_key is not None:
+                row["i"] = e.idempotency_key
+            if e.system:
+                row["y"] = True
+            rows.append(row)
+        by_key_seq = pgbulk.events_insert(session, tenant, rows, now)
+        ids = [by_key_seq[(events[i].key, seq)] for i, seq in zip(fresh, seqs, strict=True)]
+    else:
+        ids = list(session.execute(
+            insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True),
+            [{"tenant": tenant, "key": events[i].key, "seq": seq, "name": events[i].name, "data": events[i].data,
+              "target": events[i].target, "idempotency_key": events[i].idempotency_key,
+              "system": events[i].system, "created_at": now} for i, seq in zip(fresh, seqs, strict=True)],
+        ).scalars())
+    for i, seq, event_id in zip(fresh, seqs, ids, strict=True):
+        e = events[i]
+        results[i] = IngestedEvent(
+            id=event_id, tenant=tenant, key=e.key, seq=seq, name=e.name, data=e.data, target=e.target,
+            idempotency_key=e.idempotency_key, created_at=now,
+        )
+
+
+_FIELDS = ("tenant", "key", "seq", "name", "data", "target", "idempotency_key")
+
+
+def _from_row(row: Any, duplicate: bool) -> IngestedEvent:
+    return IngestedEvent(
+        id=row["id"],
+        **{k: row[k] for k in _FIELDS},
+        created_at=as_utc(row["created_at"]),
+        duplicate=duplicate,
+    )
+
+
+def _replace_duplicate(event: IngestedEvent) -> IngestedEvent:
+    return replace(event, duplicate=True)

@@ -46,8 +46,8 @@ def _services() -> list[tuple[str, str, int]]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Create this xdist worker's database when PostgreSQL answers (tests skip or fail later when not)."""
-    if PG_URL != BASE_PG_URL and _reachable(*_services()[0][1:]):
+    """Create this process's database when PostgreSQL answers (tests skip or fail later when not)."""
+    if _reachable(*_services()[0][1:]):
         ensure_database(PG_URL)
 
 

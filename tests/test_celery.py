@@ -14,7 +14,7 @@ from kombu import Connection, Exchange, Producer
 
 from garrison.client import Garrison
 from garrison.config import Settings
-from garrison.tasks.app import QUEUE, celery_config, create_celery
+from garrison.tasks.app import celery_config, create_celery
 from tests.apps.counter import counter
 from tests.harness import WorkerProcess, wait_until
 
@@ -38,7 +38,7 @@ def test_a_pickled_task_message_is_refused_by_the_worker_and_applies_nothing(
         producer = Producer(conn)
         producer.publish(
             pickle.dumps(((settings.tenant, ["pickled"]), {}, {})),
-            routing_key=QUEUE, exchange=Exchange(QUEUE), serializer=None,
+            routing_key=settings.queue, exchange=Exchange(settings.queue), serializer=None,
             content_type="application/x-python-serialize", content_encoding="binary",
             headers={"task": "garrison.process", "id": "pickled-1", "lang": "py", "argsrepr": "", "kwargsrepr": ""},
             declare=[],

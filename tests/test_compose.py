@@ -45,6 +45,8 @@ SECRETS = {
     "FLOWER_BASIC_AUTH": "admin:flower-secret-2",
     "GARRISON_API_KEYS": "acme:api-secret-3-0123456789abcdef",
 }
+# Not secret, but required: a worker, beat or ingest server without automations refuses to start.
+REQUIRED = {"GARRISON_AUTOMATIONS": "tests.apps.counter"}
 SERVICES = {"postgres", "redis", "migrate", "worker", "beat", "flower", "ingest"}
 LONG_RUNNING = SERVICES - {"migrate"}
 
@@ -100,8 +102,8 @@ def raw() -> dict[str, Any]:
 
 
 def load(env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The compose file with its variables substituted (by default: every secret set)."""
-    return dict(_walk(raw(), SECRETS if env is None else env))
+    """The compose file with its variables substituted (by default: every secret and required value set)."""
+    return dict(_walk(raw(), {**SECRETS, **REQUIRED} if env is None else env))
 
 
 def services() -> dict[str, dict[str, Any]]:
@@ -319,9 +321,9 @@ def test_every_garrison_variable_is_a_setting_and_the_urls_point_at_the_stack() 
     assert built()["flower"]["environment"]["FLOWER_BASIC_AUTH"] == SECRETS["FLOWER_BASIC_AUTH"]
 
 
-@pytest.mark.parametrize("secret", sorted(SECRETS))
+@pytest.mark.parametrize("secret", sorted({**SECRETS, **REQUIRED}))
 def test_compose_refuses_to_start_without_each_secret(secret: str) -> None:
-    env = {k: v for k, v in SECRETS.items() if k != secret}
+    env = {k: v for k, v in {**SECRETS, **REQUIRED}.items() if k != secret}
     with pytest.raises(MissingVariable, match=f"^{secret}: set {secret}"):
         load(env)
     with pytest.raises(MissingVariable):

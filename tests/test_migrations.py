@@ -62,16 +62,24 @@ def run(settings: Settings, *args: str) -> Result:
     return CliRunner(env=settings.as_env()).invoke(cli, list(args), catch_exceptions=False)
 
 
+def _lines(sql: str) -> tuple[str, ...]:
+    return tuple(sorted(line.strip().rstrip(",") for line in sql.splitlines()))
+
+
 def _schema(settings: Settings) -> Any:
     """Every column, index and constraint of garrison's tables as the database itself describes them."""
     db = Database(settings)
     try:
         with db.engine.connect() as conn:
             if db.is_sqlite:
-                return conn.execute(text(
+                rows = conn.execute(text(
                     "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE tbl_name LIKE 'garrison%' "
                     "AND tbl_name <> 'garrison_alembic_version' ORDER BY name"
                 )).all()
+                # A table a migration rebuilt reads with its name quoted and its constraints in another order:
+                # the same schema, spelled apart. Compare each table's definition line by line, as a set.
+                return [(t, n, tbl, None if sql is None else _lines(sql.replace(f'"{tbl}"', tbl)))
+                        for t, n, tbl, sql in rows]
             ours = "LIKE 'garrison%' AND {0} <> 'garrison_alembic_version'"
             return (
                 conn.execute(text(

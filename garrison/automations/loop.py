@@ -15,7 +15,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from garrison.core.contract import ApplyContext, Automation, EffectClient, EffectContext, EffectSpec, Message, Outcome
+from garrison.core.contract import (
+    ApplyContext,
+    Automation,
+    EffectClient,
+    EffectContext,
+    EffectSpec,
+    Message,
+    Outcome,
+    Route,
+)
 from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
 from garrison.errors import DefinitionError
 
@@ -79,8 +88,10 @@ class UpdateLoop(Automation):
         update: Update,
         view: View | None = None,
         on: Iterable[str] = (),
+        on_failure: str = "skip",
+        effects: str = "entity",
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, on_failure=on_failure, effects=effects)
         if not callable(init) or not callable(update):
             raise DefinitionError("an update loop needs callable init and update", automation=name)
         if view is not None and not callable(view):
@@ -115,6 +126,9 @@ class UpdateLoop(Automation):
         if message.target is not None:
             return message.target == self.name
         return any(fnmatch.fnmatchcase(message.name, pattern) for pattern in self.on)
+
+    def route(self) -> Route:
+        return Route(tuple(self.on))
 
     def apply(self, state: JSON, message: Message, ctx: ApplyContext) -> Outcome:
         commands: list[Command] = []

@@ -24,6 +24,7 @@ from garrison.core.contract import (
     EffectSpec,
     Message,
     Outcome,
+    Route,
     preferences_for,
 )
 from garrison.core.ingest import IngestedEvent
@@ -85,8 +86,10 @@ class Machine(Automation):
         tenant_preferences: Mapping[str, Mapping[str, Any]] | None = None,
         services: Mapping[str, Any] | None = None,
         on: Mapping[str, str] | None = None,
+        on_failure: str = "skip",
+        effects: str = "entity",
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, on_failure=on_failure, effects=effects)
         self.preferences: dict[str, Any] = dict(preferences or {})
         self.tenant_preferences: dict[str, dict[str, Any]] = {
             t: dict(p) for t, p in (tenant_preferences or {}).items()
@@ -214,6 +217,9 @@ class Machine(Automation):
         if message.target is not None:
             return message.target == self.name
         return message.name in self.on
+
+    def route(self) -> Route:
+        return Route(tuple(self.on))
 
     def reducer_for(self, message: Message) -> str:
         if message.target is not None and message.name in self.reducers:

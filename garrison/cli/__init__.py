@@ -7,6 +7,7 @@ import sys
 
 from garrison.cli.commands import cli
 from garrison.cli.db import db
+from garrison.cli.fleet import automations, skip
 from garrison.cli.ingest import ingest
 from garrison.cli.operate import register, watch
 from garrison.cli.pulses import pulses
@@ -18,6 +19,8 @@ register(cli)
 cli.add_command(pulses)
 pulses.add_command(watch)
 cli.add_command(serve)
+cli.add_command(skip)
+cli.add_command(automations)
 
 
 def main() -> None:

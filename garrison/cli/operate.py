@@ -81,6 +81,8 @@ def replay(
     client = obj.client
     if versions and key is None:
         fail("--versions needs --key", 2)
+    if not len(client.registry):
+        fail("no automations to replay: set GARRISON_AUTOMATIONS to the modules that define them")
     if key is None and (sys.stderr.isatty() if progress is None else progress):
         report = _replay_with_progress(obj, automation, tenant)
     else:
@@ -234,7 +236,9 @@ def retry(obj: Context, target: str | None, retry_all: bool, automation: str | N
     Once the cause is fixed: `retry FAILURE_ID` (or `failure/ID`), `retry --all`, or `retry run/ID`.
 
     A failure's message is ingested anew for the same automation and key, so it applies after what is
-    there now. A run is re-executed from its history, in order with the key's other messages.
+    there now; for an entity halted at it (on_failure="halt") it applies again in place, then the
+    messages that waited (`garrison skip FAILURE_ID` passes over it instead). A run is re-executed from
+    its history, in order with the key's other messages.
     Failure and run ids are shown by `garrison inspect KEY`; runs by `garrison runs`.
     """
     if (target is None) == (not retry_all):

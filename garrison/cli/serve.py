@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from garrison.cli.commands import Context, pass_context, reports_errors
+from garrison.cli.commands import Context, fail, pass_context, reports_errors
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -32,6 +32,9 @@ def serve(obj: Context, host: str | None, port: int | None, log_level: str | Non
     uvicorn = require("uvicorn")
     settings = obj.settings
     app = create_app(obj.client)  # a ConfigurationError (no keys, a bad module) stops here, before binding
+    if not len(obj.client.registry) and not settings.ingest_only:
+        fail("no automations: set GARRISON_AUTOMATIONS to the modules that define them (the server checks each "
+             "event's target against them), or GARRISON_INGEST_ONLY=true to ingest without checking")
     host = host or settings.http_host
     port = port or settings.http_port
     tenants = ", ".join(ApiKeys.from_settings(settings).tenants)

@@ -30,15 +30,30 @@ class Settings:
     broker_url: str = ""
     tenant: str = "default"
     automations: tuple[str, ...] = ()
+    # A process that only ingests (a web app's worker-less process is not one: this is for `garrison
+    # worker`, `beat`, `serve` and `celery -A garrison.tasks`, which refuse to start without automations).
+    ingest_only: bool = False
+    # The Celery queue garrison's tasks go to. Two deployments sharing one Redis need two names.
+    queue: str = "garrison"
+    # An automation no worker has registered for this long is taken as retired: messages meant for it no
+    # longer wait for it (`garrison automations retire NAME` retires one at once).
+    automation_ttl: float = 86400.0
     max_payload_bytes: int = 256 * 1024
     # Keys per published ``process`` task, and events read per transaction by the engine.
     publish_batch: int = 100
     engine_batch: int = 5000
+    # Other pending keys of its tenant a ``process`` task takes into its transaction (single events
+    # arriving one at a time are applied in batches all the same); 0 turns it off.
+    claim_batch: int = 100
     # The relay re-publishes work committed but not dispatched once it is this old.
     relay_interval: float = 5.0
     relay_after: float = 5.0
     effect_redispatch_after: float = 300.0
     effect_max_retries: int = 8
+    # A running effect (or pulse page) beats this often; one whose beat is older than ``effect_stall_after``
+    # died with its worker and is dispatched again.
+    effect_heartbeat: float = 10.0
+    effect_stall_after: float = 45.0
     # Timers due within this horizon are also published as ETA tasks (well under visibility_timeout).
     timer_horizon: float = 600.0
     broker_visibility_timeout: float = 3600.0
@@ -67,9 +82,19 @@ class Settings:
         if not self.tenant:
             raise ConfigurationError("GARRISON_TENANT must not be empty", field="tenant")
         for name in ("publish_batch", "engine_batch", "max_payload_bytes", "effect_max_retries", "pulse_chunk",
-                     "http_max_body_bytes"):
+                     "http_max_body_bytes", "effect_heartbeat", "effect_stall_after", "automation_ttl"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive", field=name)
+        if self.claim_batch < 0:
+            raise ConfigurationError("claim_batch must not be negative", field="claim_batch")
+        if self.effect_stall_after <= self.effect_heartbeat * 2:
+            raise ConfigurationError(
+                "effect_stall_after must be more than twice effect_heartbeat, or live effects look dead",
+                field="effect_stall_after",
+            )
+        if not self.queue or any(ch.isspace() for ch in self.queue):
+            raise ConfigurationError(f"GARRISON_QUEUE={self.queue!r} must be a non-empty name without spaces",
+                                     field="queue")
         if self.log_format not in ("text", "json"):
             raise ConfigurationError(
                 f"GARRISON_LOG_FORMAT={self.log_format!r} is not valid: use text or json", field="log_format"
@@ -128,6 +153,13 @@ class Settings:
 
 def _parse(name: str, annotation: Any, raw: str) -> Any:
     kind = str(annotation)
+    if kind in ("bool", "<class 'bool'>"):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(f"{PREFIX}{name.upper()}={raw!r} is not valid: use true or false", field=name)
     try:
         if "tuple" in kind:
             return tuple(part.strip() for part in raw.split(",") if part.strip())

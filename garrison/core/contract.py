@@ -8,6 +8,7 @@ Side effects run later in ``perform``, handed an :class:`EffectContext` with a s
 
 from __future__ import annotations
 
+import fnmatch
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -139,8 +140,48 @@ class EffectContext:
     final_attempt: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Which messages an automation takes, as data: every message targeted at it, and the untargeted
+    messages whose name equals or fnmatch-matches one of ``names`` (None: every name).
+
+    A route may take more than :meth:`Automation.accepts` (never less): the fleet registry stores it, so a
+    worker that lacks the automation (a rolling deploy) knows which messages wait for it, and the holder's
+    own ``accepts`` decides at catch-up."""
+
+    names: tuple[str, ...] | None = None
+
+    def takes(self, automation: str, message: Message) -> bool:
+        if message.target is not None:
+            return message.target == automation
+        if self.names is None:
+            return True
+        name = message.name
+        return any(name == p or fnmatch.fnmatchcase(name, p) for p in self.names)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"names": None if self.names is None else sorted(self.names)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Route:
+        names = value.get("names") if isinstance(value, Mapping) else None
+        return cls(None if names is None else tuple(str(n) for n in names))
+
+
+ON_FAILURE = ("skip", "halt")
+EFFECT_ORDER = ("entity", "parallel")
+
+
 class Automation(ABC):
-    """Base of every authoring style. Subclasses set ``style`` and implement the three hooks."""
+    """Base of every authoring style. Subclasses set ``style`` and implement the three hooks.
+
+    ``on_failure``: what a message whose handler raises does to the entity. ``"skip"`` (the default):
+    the failure is recorded (retryable) and the entity goes on with its next message. ``"halt"``
+    (go-state's Run): the entity stops at the failed message; its later messages wait, in order, until the
+    failure is retried or skipped. ``effects``: ``"entity"`` (the default) performs one entity's effects one
+    after another in the order they were made, as casern runs listeners and go-state feeds commands back;
+    ``"parallel"`` lets them run at once, for throughput.
+    """
 
     style: str = "automation"
     # Pulses defined in code next to the automation (``@machine.pulse``); beat syncs them to SQL.
@@ -150,16 +191,30 @@ class Automation(ABC):
     # that no message produced.
     replayable: bool = True
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, on_failure: str = "skip", effects: str = "entity") -> None:
         if not isinstance(name, str) or not name.strip():
             raise DefinitionError("an automation needs a non-empty name", automation=name)
         if any(ch in name for ch in " \t\n"):
             raise DefinitionError("an automation name cannot contain whitespace", automation=name)
+        if on_failure not in ON_FAILURE:
+            raise DefinitionError(f"on_failure must be one of {ON_FAILURE}, not {on_failure!r}", automation=name,
+                                  part="on_failure")
+        if effects not in EFFECT_ORDER:
+            raise DefinitionError(f"effects must be one of {EFFECT_ORDER}, not {effects!r}", automation=name,
+                                  part="effects")
         self.name = name
+        self.on_failure = on_failure
+        self.effects = effects
 
     @abstractmethod
     def accepts(self, message: Message) -> bool:
-        """Whether this automation takes the message. Must depend only on its ``name`` and ``target``."""
+        """Whether this automation takes the message. Must depend only on its ``name`` and ``target``,
+        and never take a message its :meth:`route` does not."""
+
+    def route(self) -> Route:
+        """The messages this automation takes, as data (see :class:`Route`). The default, every name, is
+        always safe; a style narrows it so workers without it hold back fewer messages."""
+        return Route(None)
 
     @abstractmethod
     def apply(self, state: JSON, message: Message, ctx: ApplyContext) -> Outcome:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
 from garrison.config import Settings
-from garrison.models import metadata
+from garrison.models import TENANTS, metadata
 
 UPSERT_CHUNK = 500
+_NEW_TENANTS = "garrison_new_tenants"
 
 
 class Database:
@@ -32,6 +34,8 @@ class Database:
         self.url = settings.database_url
         self.engine = _create_engine(settings)
         self.dialect = self.engine.dialect.name
+        # Tenants known to be in garrison_tenants (committed), so an ingest writes the row only once.
+        self._tenants: set[str] = set()
 
     @property
     def is_sqlite(self) -> bool:
@@ -40,19 +44,40 @@ class Database:
     def create_all(self) -> None:
         """Create every garrison table that does not exist yet (``garrison db init``)."""
         metadata.create_all(self.engine)
+        self._tenants.clear()
 
     def drop_all(self) -> None:
         """Drop every garrison table, and the migration history with them (so ``garrison db upgrade``
         afterwards starts from an empty database rather than trusting a revision whose tables are gone)."""
         metadata.drop_all(self.engine)
+        self._tenants.clear()
         with self.engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE IF EXISTS garrison_alembic_version")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session in one transaction: committed when the block succeeds, rolled back otherwise."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+        with Session(self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+            self._tenants.update(session.info.get(_NEW_TENANTS, ()))
+
+    def ensure_tenant(self, session: Session, tenant: str, now: datetime) -> None:
+        """Record ``tenant`` in ``garrison_tenants`` the first time this process writes for it: the relay,
+        the timer sweep and the beat loop over that small table. On PostgreSQL in a transaction of its own,
+        committed at once, so two first writes of a new tenant never wait for each other's transaction
+        (a tenant row whose events roll back is harmless); on SQLite, whose writers are serialized anyway,
+        in the session's."""
+        if tenant in self._tenants:
+            return
+        row = self.upsert(TENANTS, [{"name": tenant, "created_at": now}], ["name"])
+        if self.is_sqlite:
+            session.execute(row)
+            session.info.setdefault(_NEW_TENANTS, set()).add(tenant)
+            return
+        with self.engine.begin() as conn:
+            conn.execute(row)
+        self._tenants.add(tenant)
 
     def upsert(
         self,

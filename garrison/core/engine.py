@@ -1,41 +1,36 @@
 """The engine: applies pending messages to entities, one key at a time under that key's lock.
 
 For a batch of keys, in ONE transaction: lock the keys' cursor rows (in key order, so concurrent
-batches cannot deadlock; on SQLite ``BEGIN IMMEDIATE`` already serializes writers), read the
-messages after each cursor in sequence order, run every automation that takes each message, and write
-entity states, state versions, effects, failures and the new cursors. Nothing here knows the broker:
-committed effect ids are handed back for the caller to dispatch.
+batches cannot deadlock; on SQLite ``BEGIN IMMEDIATE`` already serializes writers), claim other pending
+keys no other worker holds, read the messages after each cursor in sequence order (and those an entity
+behind its key still waits for), apply them (:mod:`garrison.core.batch`), write entity states, state
+versions, effects, failures and the new cursors (:mod:`garrison.core.writes`), and settle the keys'
+pending rows. Nothing here knows the broker: committed effect ids are handed back for the caller to
+dispatch.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import logging
-import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, func, select
 
 from garrison.clock import Clock, as_utc
 from garrison.config import Settings
-from garrison.core import pgbulk
-from garrison.core.contract import ApplyContext, Message, Outcome
+from garrison.core import fleet, pgbulk
+from garrison.core.batch import BEHIND, Batch, Slot, units_of
+from garrison.core.contract import ApplyContext, Message
 from garrison.core.db import Database
-from garrison.core.ingest import EventIn, write_events
-from garrison.core.jsondata import JSON
+from garrison.core.publisher import EffectAbout
 from garrison.core.registry import Registry
-from garrison.logs import log_context
-from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, RUNS, STREAMS, TIMERS, VERSIONS
+from garrison.core.writes import write_batch
+from garrison.models import CURSORS, ENTITIES, EVENTS
 
-log = logging.getLogger("garrison.engine")
-
-__all__ = [
-    "EVENT_COLUMNS", "BatchResult", "Engine", "effect_labels", "lookup_in", "pending_keys", "processed_seq",
-    "reader_in", "to_message",
-]
+__all__ = ["EVENT_COLUMNS", "BatchResult", "Engine", "lookup_in", "processed_seq", "reader_in", "to_message"]
 
 EVENT_COLUMNS = (
     EVENTS.c.id, EVENTS.c.key, EVENTS.c.seq, EVENTS.c.name, EVENTS.c.data,
@@ -71,12 +66,6 @@ def lookup_in(session: Any, tenant: str, key: str) -> Any:
     return lookup
 
 
-def effect_labels(ids: Sequence[int], rows: Sequence[Any]) -> dict[int, str]:
-    """``{effect id: "automation key=KEY"}`` for rows (mappings or rows) in the order of ``ids``."""
-    return {i: f"{r['automation']} key={r['key']}" if isinstance(r, dict) else f"{r.automation} key={r.key}"
-            for i, r in zip(ids, rows, strict=True)}
-
-
 def reader_in(session: Any, tenant: str) -> Any:
     """A :data:`~garrison.core.contract.Reader` on ``session``: other entities' stored states."""
 
@@ -95,14 +84,6 @@ def reader_in(session: Any, tenant: str) -> Any:
 
 
 @dataclass(slots=True)
-class _Slot:
-    state: JSON
-    version: int
-    cursor: int
-    dirty: bool = False
-
-
-@dataclass(slots=True)
 class BatchResult:
     """What one engine transaction did."""
 
@@ -112,12 +93,16 @@ class BatchResult:
     changed: int = 0
     failed: int = 0
     effect_ids: list[int] = field(default_factory=list)
-    # What each effect is about, for the task's readable arguments in Flower: "automation key=KEY".
-    effect_labels: dict[int, str] = field(default_factory=dict)
+    # What each effect is about: its automation's queue, and the task's readable arguments in Flower.
+    effect_labels: dict[int, EffectAbout] = field(default_factory=dict)
     truncated: bool = False
     # Due times of timers set within the horizon (to publish as ETA tasks), keys that were sent events.
     timer_dues: list[datetime] = field(default_factory=list)
     woken: set[str] = field(default_factory=set)
+    # The keys this transaction held (its own and those it claimed), and keys that now wait for an
+    # automation this process lacks: ``{key: automation}`` (to publish to that automation's queue).
+    keys: list[str] = field(default_factory=list)
+    needs: dict[str, str] = field(default_factory=dict)
 
 
 class Engine:
@@ -129,252 +114,147 @@ class Engine:
         self.clock = clock
         self.settings = settings
 
-    def process(self, tenant: str, keys: Iterable[str]) -> BatchResult:
-        """Apply every pending message of ``keys`` (up to ``engine_batch``) in one transaction."""
+    def process(self, tenant: str, keys: Iterable[str], *, claim: int = 0) -> BatchResult:
+        """Apply every pending message of ``keys`` (up to ``engine_batch``) in one transaction, with up to
+        ``claim`` other pending keys of the tenant that no other worker holds."""
         keys = sorted(set(keys))
         result = BatchResult(tenant=tenant)
-        if not keys:
+        if not keys and not claim:
             return result
         now = self.clock.now()
         with self.db.session() as s:
-            if self.db.dialect == "postgresql":
-                pgbulk.cursors_init(s, tenant, keys, now)
-            else:
-                self.db.execute_upsert(
-                    s,
-                    CURSORS,
-                    [{"tenant": tenant, "key": k, "processed_seq": 0, "updated_at": now} for k in keys],
-                    ["tenant", "key"],
-                )
-            # The per-key lock (guarantee 3): held until this transaction ends.
-            s.execute(
-                select(CURSORS.c.key)
-                .where(CURSORS.c.tenant == tenant, CURSORS.c.key.in_(keys))
-                .order_by(CURSORS.c.key)
-                .with_for_update()
-            ).all()
-            rows = s.execute(
-                select(*EVENT_COLUMNS)
-                .join(CURSORS, and_(CURSORS.c.tenant == EVENTS.c.tenant, CURSORS.c.key == EVENTS.c.key))
-                .where(
-                    # The key filter on both sides keeps the plan an index lookup per key even before
-                    # PostgreSQL has statistics (a fresh table otherwise gets a quadratic nested loop).
-                    EVENTS.c.tenant == tenant, EVENTS.c.key.in_(keys), CURSORS.c.key.in_(keys),
-                    EVENTS.c.seq > CURSORS.c.processed_seq,
-                )
-                .order_by(EVENTS.c.key, EVENTS.c.seq)
-                .limit(self.settings.engine_batch)
-            ).all()
-            if not rows:
+            cursors = self._lock(s, tenant, keys, now)
+            if claim:
+                cursors.update(fleet.claim(s, self.db, tenant, set(keys), claim))
+            if not cursors:
                 return result
-            result.messages = len(rows)
+            locked = sorted(cursors)
+            result.keys = locked
+            slots = self._load(s, tenant, locked)
+            rows = self._read(s, tenant, locked)
             result.truncated = len(rows) >= self.settings.engine_batch
-            touched = sorted({r.key for r in rows})
-            slots = self._load(s, tenant, touched)
-            versions: list[dict[str, Any]] = []
-            effects: list[dict[str, Any]] = []
-            failures: list[dict[str, Any]] = []
-            extras = _Extras()
+            if result.truncated and rows[-1].batch_id is not None:
+                rows += self._rest_of_batch(s, tenant, rows[-1])
+            catch_up = self._read_behind(s, tenant, slots, cursors)
+            # After the messages: an automation registered before any of them was committed is seen here.
+            remote = fleet.remote_routes(s, self.registry, now, self.settings.automation_ttl)
             reader = reader_in(s, tenant)
-            last_seq: dict[str, int] = {}
-            for row in rows:
-                message = to_message(tenant, row)
-                last_seq[row.key] = row.seq
-                for automation in self.registry.route(message):
-                    slot = slots.setdefault((automation.name, row.key), _Slot(None, 0, 0))
-                    result.applied += 1
-                    if slot.version:
-                        slot.cursor = row.seq
-                        slot.dirty = True
-                    try:
-                        with log_context(automation=automation.name, key=row.key, event_id=row.id):
-                            outcome = automation.apply(
-                                slot.state,
-                                message,
-                                ApplyContext(
-                                    tenant=tenant, key=row.key, now=message.created_at, version=slot.version,
-                                    lookup=lookup_in(s, tenant, row.key),
-                                    max_payload_bytes=self.settings.max_payload_bytes,
-                                    read=reader,
-                                ),
-                            )
-                    except Exception as exc:  # noqa: BLE001 - a handler's error is data (guarantee 7)
-                        result.failed += 1
-                        log.warning(
-                            "handler failed",
-                            extra={"tenant": tenant, "automation": automation.name, "key": row.key,
-                                   "event_id": row.id, "error": repr(exc)},
-                        )
-                        failures.append({
-                            "tenant": tenant, "automation": automation.name, "key": row.key,
-                            "event_id": row.id, "seq": row.seq, "message": row.name,
-                            "error_type": type(exc).__name__, "error": str(exc) or repr(exc),
-                            "traceback": traceback.format_exc(), "status": "failed", "created_at": now,
-                        })
-                        continue
-                    if outcome.changed or outcome.effects:
-                        # A new entity is written only when a message did something to it: a journey
-                        # that sees every event of a key it never ran for leaves no row behind.
-                        slot.cursor = row.seq
-                        slot.dirty = True
-                    if outcome.changed:
-                        result.changed += 1
-                        slot.version += 1
-                        slot.state = outcome.state
-                        versions.append({
-                            "tenant": tenant, "key": row.key, "automation": automation.name,
-                            "version": slot.version, "state": outcome.state, "message": outcome.label,
-                            "data": row.data, "event_id": row.id, "seq": row.seq, "created_at": now,
-                        })
-                    for spec in outcome.effects:
-                        effects.append({
-                            "tenant": tenant, "automation": automation.name, "key": row.key,
-                            "kind": spec.kind, "payload": {**spec.payload, "version": slot.version},
-                            "status": "pending", "attempts": 0, "created_at": now,
-                        })
-                    extras.add(tenant, automation.name, row.key, outcome, now)
-            self._write(s, tenant, now, slots, versions, effects, failures, last_seq, result)
-            extras.write(s, self.db, tenant, now, self.settings.timer_horizon, result)
+
+            def context(message: Message, version: int) -> ApplyContext:
+                # ``now`` is when the message was ingested, so a replay sees the same time.
+                return ApplyContext(
+                    tenant=tenant, key=message.key, now=message.created_at, version=version,
+                    lookup=lookup_in(s, tenant, message.key), max_payload_bytes=self.settings.max_payload_bytes,
+                    read=reader,
+                )
+
+            batch = Batch(tenant, now, self.registry, remote, slots, cursors, context)
+            units, cut = units_of([*catch_up, *[(to_message(tenant, r), r.data, r.batch_id, r.batch_size)
+                                                for r in rows]])
+            for unit in units:
+                batch.apply(unit)
+            batch.settle()
+            result.messages = sum(len(u.messages) for u in units)
+            result.applied, result.changed, result.failed = batch.out.applied, batch.out.changed, batch.out.failed
+            moved = {k: q for k, q in batch.cursors.items() if q != cursors[k]}
+            written = write_batch(s, self.db, tenant, now, self.settings.timer_horizon, slots, batch.out, moved)
+            result.effect_ids, result.effect_labels = written.effect_ids, written.effect_labels
+            result.timer_dues, result.woken = written.timer_dues, written.woken
+            # Keys read to their end leave the pending index, or wait for an automation this process lacks.
+            unread = {r.key for r in rows[-1:]} if result.truncated else set()
+            last = rows[-1].key if result.truncated else None
+            done: dict[str, int] = {}
+            needs: dict[str, tuple[str, int]] = {}
+            for key in locked:
+                if key in cut or key in unread or (last is not None and key > last) or batch.catching_up(key):
+                    continue
+                waiting = batch.needs(key)
+                if waiting is None:
+                    done[key] = batch.cursors[key]
+                else:
+                    needs[key] = (waiting, batch.cursors[key])
+            fresh = fleet.settle(s, self.db, tenant, done, needs, now)
+            result.needs = {k: needs[k][0] for k in fresh}
         return result
 
-    def _load(self, s: Any, tenant: str, keys: Sequence[str]) -> dict[tuple[str, str], _Slot]:
+    def _lock(self, s: Any, tenant: str, keys: Sequence[str], now: datetime) -> dict[str, int]:
+        """The per-key lock (guarantee 3), held until the transaction ends: the keys' cursor rows, made
+        when missing and locked in key order (so concurrent batches cannot deadlock; on SQLite
+        ``BEGIN IMMEDIATE`` already serializes writers). Returns each key's cursor."""
+        if not keys:
+            return {}
+        if self.db.dialect == "postgresql":
+            pgbulk.cursors_init(s, tenant, keys, now)
+        else:
+            self.db.execute_upsert(
+                s, CURSORS, [{"tenant": tenant, "key": k, "processed_seq": 0, "updated_at": now} for k in keys],
+                ["tenant", "key"],
+            )
+        return dict(s.execute(
+            select(CURSORS.c.key, CURSORS.c.processed_seq)
+            .where(CURSORS.c.tenant == tenant, CURSORS.c.key.in_(keys))
+            .order_by(CURSORS.c.key)
+            .with_for_update()
+        ).all())
+
+    def _read(self, s: Any, tenant: str, keys: Sequence[str]) -> list[Any]:
+        """The messages after each key's cursor, in key and sequence order, up to ``engine_batch``."""
+        return list(s.execute(
+            select(*EVENT_COLUMNS, EVENTS.c.batch_id, EVENTS.c.batch_size)
+            .join(CURSORS, and_(CURSORS.c.tenant == EVENTS.c.tenant, CURSORS.c.key == EVENTS.c.key))
+            .where(
+                # The key filter on both sides keeps the plan an index lookup per key even before
+                # PostgreSQL has statistics (a fresh table otherwise gets a quadratic nested loop).
+                EVENTS.c.tenant == tenant, EVENTS.c.key.in_(keys), CURSORS.c.key.in_(keys),
+                EVENTS.c.seq > CURSORS.c.processed_seq,
+            )
+            .order_by(EVENTS.c.key, EVENTS.c.seq)
+            .limit(self.settings.engine_batch)
+        ).all())
+
+    def _rest_of_batch(self, s: Any, tenant: str, last: Any) -> list[Any]:
+        """The rest of an atomic batch the read's limit cut (it applies as one, so it is read whole)."""
+        return list(s.execute(
+            select(*EVENT_COLUMNS, EVENTS.c.batch_id, EVENTS.c.batch_size)
+            .where(EVENTS.c.tenant == tenant, EVENTS.c.key == last.key, EVENTS.c.seq > last.seq,
+                   EVENTS.c.batch_id == last.batch_id)
+            .order_by(EVENTS.c.seq)
+        ).all())
+
+    def _read_behind(
+        self, s: Any, tenant: str, slots: dict[tuple[str, str], Slot], cursors: dict[str, int]
+    ) -> list[tuple[Message, Any, int | None, int | None]]:
+        """The messages that entities of this process's automations which are behind their key have not
+        considered yet (rare: after a rolling deploy, or a retried halt), up to ``engine_batch``."""
+        start: dict[str, int] = {}
+        for (name, key), slot in slots.items():
+            if slot.status == BEHIND and name in self.registry and slot.cursor < cursors[key]:
+                start[key] = min(start.get(key, slot.cursor), slot.cursor)
+        found: list[tuple[Message, Any, int | None, int | None]] = []
+        for key, after in sorted(start.items()):
+            room = self.settings.engine_batch - len(found)
+            if room <= 0:
+                break
+            rows = s.execute(
+                select(*EVENT_COLUMNS, EVENTS.c.batch_id, EVENTS.c.batch_size)
+                .where(EVENTS.c.tenant == tenant, EVENTS.c.key == key, EVENTS.c.seq > after,
+                       EVENTS.c.seq <= cursors[key])
+                .order_by(EVENTS.c.seq).limit(room)
+            )
+            found += [(to_message(tenant, r), r.data, r.batch_id, r.batch_size) for r in rows]
+        return found
+
+    def _load(self, s: Any, tenant: str, keys: Sequence[str]) -> dict[tuple[str, str], Slot]:
         rows = s.execute(
-            select(ENTITIES.c.automation, ENTITIES.c.key, ENTITIES.c.state, ENTITIES.c.version, ENTITIES.c.cursor)
+            select(ENTITIES.c.automation, ENTITIES.c.key, ENTITIES.c.state, ENTITIES.c.version, ENTITIES.c.cursor,
+                   ENTITIES.c.status)
             .where(ENTITIES.c.tenant == tenant, ENTITIES.c.key.in_(keys))
         ).all()
-        return {(r.automation, r.key): _Slot(r.state, r.version, r.cursor) for r in rows}
-
-    def _write(
-        self,
-        s: Any,
-        tenant: str,
-        now: Any,
-        slots: dict[tuple[str, str], _Slot],
-        versions: list[dict[str, Any]],
-        effects: list[dict[str, Any]],
-        failures: list[dict[str, Any]],
-        last_seq: dict[str, int],
-        result: BatchResult,
-    ) -> None:
-        """Store the batch: entities, versions, failures, effects, cursors. On PostgreSQL each bulk
-        statement is one JSON document (:mod:`garrison.core.pgbulk`); elsewhere the portable statements."""
-        pg = self.db.dialect == "postgresql"
-        dirty = [(name, key, slot) for (name, key), slot in slots.items() if slot.dirty]
-        if dirty and pg:
-            pgbulk.entities_upsert(
-                s, tenant, [{"k": k, "a": a, "s": sl.state, "v": sl.version, "c": sl.cursor} for a, k, sl in dirty], now
-            )
-        elif dirty:
-            self.db.execute_upsert(
-                s, ENTITIES,
-                [{"tenant": tenant, "key": k, "automation": a, "state": sl.state, "version": sl.version,
-                  "cursor": sl.cursor, "created_at": now, "updated_at": now} for a, k, sl in dirty],
-                ["tenant", "key", "automation"],
-                update={
-                    "state": lambda ex: ex.state, "version": lambda ex: ex.version,
-                    "cursor": lambda ex: ex.cursor, "updated_at": lambda ex: ex.updated_at,
-                },
-            )
-        if versions and pg:
-            pgbulk.versions_insert(s, tenant, versions, now)
-        elif versions:
-            s.execute(insert(VERSIONS), versions)
-        if failures:
-            s.execute(insert(FAILURES), failures)
-        if effects:
-            # Effects need their ids back in order: insertmanyvalues with RETURNING keeps it.
-            result.effect_ids = list(
-                s.execute(insert(EFFECTS).returning(EFFECTS.c.id, sort_by_parameter_order=True), effects).scalars()
-            )
-            result.effect_labels = effect_labels(result.effect_ids, effects)
-        if pg:
-            pgbulk.cursors_update(s, tenant, last_seq, now)
-        else:
-            s.execute(
-                update(CURSORS)
-                .where(CURSORS.c.tenant == tenant, CURSORS.c.key == bindparam("k"))
-                .values(processed_seq=bindparam("seq"), updated_at=now),
-                [{"k": k, "seq": seq} for k, seq in last_seq.items()],
-            )
+        return {(r.automation, r.key): Slot(r.state, r.version, r.cursor, r.status) for r in rows}
 
     def pending(self, tenant: str, keys: Iterable[str]) -> list[str]:
-        """Which of ``keys`` have messages committed but not yet applied."""
-        keys = sorted(set(keys))
-        if not keys:
-            return []
-        with self.db.session() as s:
-            return list(s.execute(pending_keys(tenant).where(STREAMS.c.key.in_(keys))).scalars())
-
-
-@dataclass(slots=True)
-class _Extras:
-    """Timers, emitted events and journey runs collected over a batch, written before commit."""
-
-    timers: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
-    cancels: dict[tuple[str, str], set[str]] = field(default_factory=dict)
-    emits: list[EventIn] = field(default_factory=list)
-    runs: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict)
-
-    def add(self, tenant: str, automation: str, key: str, outcome: Outcome, now: datetime) -> None:
-        for t in outcome.timers:
-            self.timers[(automation, key, t.name)] = {
-                "tenant": tenant, "automation": automation, "key": key, "name": t.name,
-                "due_at": t.due_at, "status": "pending", "data": t.data, "created_at": now,
-            }
-        for name in outcome.cancel_timers:
-            if self.timers.pop((automation, key, name), None) is None:
-                self.cancels.setdefault((automation, key), set()).add(name)
-        for e in outcome.emits:
-            self.emits.append(EventIn(
-                tenant=tenant, name=e.name, key=e.key, data=e.data, idempotency_key=e.idempotency_key,
-                target=e.target, system=e.system,
-            ))
-        for run in outcome.runs:
-            self.runs[(automation, key, run["number"])] = {
-                **run, "tenant": tenant, "automation": automation, "key": key, "updated_at": now,
-            }
-
-    def write(self, s: Any, db: Database, tenant: str, now: datetime, horizon: float, result: BatchResult) -> None:
-        if self.timers:
-            within = now + timedelta(seconds=horizon)
-            rows = []
-            for row in self.timers.values():
-                if row["due_at"] <= within:
-                    row["published_at"] = now
-                    result.timer_dues.append(row["due_at"])
-                else:
-                    row["published_at"] = None
-                rows.append(row)
-            db.execute_upsert(s, TIMERS, rows, ["tenant", "automation", "key", "name"])
-        for (automation, key), names in self.cancels.items():
-            s.execute(
-                update(TIMERS)
-                .where(
-                    TIMERS.c.tenant == tenant, TIMERS.c.automation == automation, TIMERS.c.key == key,
-                    TIMERS.c.name.in_(sorted(names)), TIMERS.c.status == "pending",
-                )
-                .values(status="cancelled")
-            )
-        if self.runs:
-            db.execute_upsert(
-                s, RUNS, list(self.runs.values()), ["tenant", "automation", "key", "number"],
-                update={
-                    c: (lambda ex, c=c: getattr(ex, c))
-                    for c in ("status", "waiting", "history", "log", "result", "error", "updated_at", "ended_at")
-                },
-            )
-        if self.emits:
-            written = write_events(s, db, self.emits, now)
-            result.woken.update(e.key for e in written if not e.duplicate)
-
-
-def pending_keys(tenant: str) -> Select[tuple[str]]:
-    """Keys of a tenant with messages committed but not yet applied (stream ahead of cursor)."""
-    return (
-        select(STREAMS.c.key)
-        .outerjoin(CURSORS, and_(CURSORS.c.tenant == STREAMS.c.tenant, CURSORS.c.key == STREAMS.c.key))
-        .where(STREAMS.c.tenant == tenant, STREAMS.c.last_seq > processed_seq())
-    )
+        """Which of ``keys`` still have work this process can do."""
+        return fleet.still_pending(self.db, tenant, keys, self.registry)
 
 
 def processed_seq() -> ColumnElement[int]:

@@ -2,25 +2,27 @@
 
 The sequence comes from an upsert on the key's stream row, which holds that row's lock until commit:
 two ingests for one key serialize, so sequence order is commit order for the key (guarantee 2). The
-worker never touches the stream row, so an ingest never waits on a worker.
+worker never touches the stream row, so an ingest never waits on a worker. In the same transaction the
+key is marked pending (``garrison_pending``): the index the relay and the workers find work through. A
+key already pending and published is not published again: the task on its way applies the new event too.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import case, func, insert, select
 from sqlmodel import Session
 
 from garrison.clock import as_utc
 from garrison.core import pgbulk
 from garrison.core.db import Database
 from garrison.errors import PayloadTooLarge, ValidationError
-from garrison.models import EVENTS, STREAMS
+from garrison.models import EVENTS, PENDING, STREAMS
 
 MAX_NAME = 255
 MAX_TENANT = 64
@@ -53,6 +55,8 @@ class IngestedEvent:
     idempotency_key: str | None
     created_at: datetime
     duplicate: bool = False
+    # Whether the caller should publish a task for the key (no task is on its way for it yet).
+    wake: bool = field(default=False, repr=False, compare=False)
 
 
 def validate(
@@ -114,20 +118,37 @@ def _text(value: Any, field: str, limit: int) -> None:
 
 
 def write_events(
-    session: Session, db: Database, events: Sequence[EventIn], now: datetime
+    session: Session, db: Database, events: Sequence[EventIn], now: datetime, *, atomic: bool = False
 ) -> list[IngestedEvent]:
     """Insert events in the caller's transaction; results are in the order given.
 
     An event whose idempotency key is already stored (or appears earlier in the batch) is not written
-    again: its result is the first event, marked ``duplicate``.
+    again: its result is the first event, marked ``duplicate``. ``atomic``: the events (all of one tenant
+    and key, see :func:`check_atomic`) form one batch that applies to each entity together or not at all;
+    either all of them are new or all are duplicates.
     """
     results: list[IngestedEvent | None] = [None] * len(events)
     by_tenant: dict[str, list[int]] = {}
     for index, event in enumerate(events):
         by_tenant.setdefault(event.tenant, []).append(index)
     for tenant, indexes in by_tenant.items():
-        _write_tenant(session, db, tenant, events, indexes, results, now)
+        db.ensure_tenant(session, tenant, now)
+        _write_tenant(session, db, tenant, events, indexes, results, now, atomic)
     return [r for r in results if r is not None]
+
+
+def check_atomic(events: Sequence[EventIn]) -> None:
+    """An atomic batch is one entity's: every event of one tenant and one key (go-state's Aggregate)."""
+    if not events:
+        return
+    first = events[0]
+    for i, e in enumerate(events):
+        if (e.tenant, e.key) != (first.tenant, first.key):
+            field = "tenant" if e.tenant != first.tenant else "key"
+            raise ValidationError(
+                f"an atomic batch applies to one entity: events[{i}].{field} differs from events[0].{field}",
+                field=f"events[{i}].{field}",
+            )
 
 
 def _write_tenant(
@@ -138,6 +159,7 @@ def _write_tenant(
     indexes: list[int],
     results: list[IngestedEvent | None],
     now: datetime,
+    atomic: bool = False,
 ) -> None:
     idem_keys = {events[i].idempotency_key for i in indexes if events[i].idempotency_key}
     seen: dict[str, IngestedEvent] = {}
@@ -160,12 +182,17 @@ def _write_tenant(
             if ik is not None:
                 first_in_batch[ik] = i
             fresh.append(i)
+    if atomic and fresh and len(fresh) != len(indexes):
+        raise ValidationError(
+            "part of this atomic batch was ingested before (a repeated idempotency key): send all of it again "
+            "with the same keys, or none of them", field="events",
+        )
     if fresh:
         counts: dict[str, int] = {}
         for i in fresh:
             counts[events[i].key] = counts.get(events[i].key, 0) + 1
         # Sorted keys: concurrent batches lock stream rows in the same order, so they cannot deadlock.
-        _write_fresh(session, db, tenant, events, fresh, counts, results, now)
+        _write_fresh(session, db, tenant, events, fresh, counts, results, now, atomic)
     for i in indexes:
         if results[i] is None:
             first = results[first_in_batch[events[i].idempotency_key]]  # type: ignore[index]
@@ -182,10 +209,11 @@ def _write_fresh(
     counts: dict[str, int],
     results: list[IngestedEvent | None],
     now: datetime,
+    atomic: bool = False,
 ) -> None:
     """Give each new event the next sequence number of its key (the stream rows are bumped, and so
-    locked, in key order: concurrent batches cannot deadlock), then insert the events. On PostgreSQL
-    both statements carry their rows as one JSON document (:mod:`garrison.core.pgbulk`)."""
+    locked, in key order: concurrent batches cannot deadlock), insert the events and mark their keys
+    pending. On PostgreSQL the statements carry their rows as one JSON document (:mod:`garrison.core.pgbulk`)."""
     pg = db.dialect == "postgresql"
     if pg:
         last = pgbulk.streams_bump(session, tenant, counts, now)
@@ -202,6 +230,9 @@ def _write_fresh(
     for i in fresh:
         seqs.append(next_seq[events[i].key])
         next_seq[events[i].key] += 1
+    # An atomic batch is named by its first sequence number (unique for its key) and carries its size.
+    batch = (seqs[0], len(seqs)) if atomic else (None, None)
+    wake = pgbulk.pending_upsert(session, tenant, last, now) if pg else _pending_upsert(session, db, tenant, last, now)
     if pg:
         rows: list[dict[str, Any]] = []
         for i, seq in zip(fresh, seqs, strict=True):
@@ -213,6 +244,8 @@ def _write_fresh(
                 row["i"] = e.idempotency_key
             if e.system:
                 row["y"] = True
+            if atomic:
+                row["b"], row["z"] = batch
             rows.append(row)
         by_key_seq = pgbulk.events_insert(session, tenant, rows, now)
         ids = [by_key_seq[(events[i].key, seq)] for i, seq in zip(fresh, seqs, strict=True)]
@@ -221,14 +254,31 @@ def _write_fresh(
             insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True),
             [{"tenant": tenant, "key": events[i].key, "seq": seq, "name": events[i].name, "data": events[i].data,
               "target": events[i].target, "idempotency_key": events[i].idempotency_key,
-              "system": events[i].system, "created_at": now} for i, seq in zip(fresh, seqs, strict=True)],
+              "system": events[i].system, "batch_id": batch[0], "batch_size": batch[1], "created_at": now}
+             for i, seq in zip(fresh, seqs, strict=True)],
         ).scalars())
     for i, seq, event_id in zip(fresh, seqs, ids, strict=True):
         e = events[i]
         results[i] = IngestedEvent(
             id=event_id, tenant=tenant, key=e.key, seq=seq, name=e.name, data=e.data, target=e.target,
-            idempotency_key=e.idempotency_key, created_at=now,
+            idempotency_key=e.idempotency_key, created_at=now, wake=e.key in wake,
         )
+
+
+def _pending_upsert(session: Session, db: Database, tenant: str, last: dict[str, int], now: datetime) -> set[str]:
+    """The portable twin of :func:`garrison.core.pgbulk.pending_upsert` (SQLite)."""
+    rows = db.execute_upsert(
+        session, PENDING,
+        [{"tenant": tenant, "key": k, "seq": last[k], "since": now, "published_at": now} for k in sorted(last)],
+        ["tenant", "key"],
+        update={"seq": lambda ex: func.max(PENDING.c.seq, ex.seq),
+                "published_at": lambda ex: case((PENDING.c.needs.is_(None),
+                                                 func.coalesce(PENDING.c.published_at, ex.published_at)),
+                                                else_=PENDING.c.published_at)},
+        returning=(PENDING.c.key, PENDING.c.published_at, PENDING.c.needs),
+    )
+    return {key for key, published, needs in rows
+            if needs is not None or (published is not None and as_utc(published) == now)}
 
 
 _FIELDS = ("tenant", "key", "seq", "name", "data", "target", "idempotency_key")

@@ -17,7 +17,10 @@ from typing import Any
 
 from sqlalchemy import text
 
-__all__ = ["cursors_init", "cursors_update", "entities_upsert", "events_insert", "streams_bump", "versions_insert"]
+__all__ = [
+    "cursors_init", "cursors_update", "entities_upsert", "events_insert", "pending_done", "pending_upsert",
+    "streams_bump", "versions_insert",
+]
 
 
 def dumps(rows: Any) -> str:
@@ -33,10 +36,35 @@ _STREAMS = text("""
     RETURNING key, last_seq
 """)
 _EVENTS = text("""
-    INSERT INTO garrison_events (tenant, key, seq, name, data, target, idempotency_key, system, created_at)
-    SELECT :tenant, r.k, r.s, r.n, r.d, r.t, r.i, coalesce(r.y, false), :now
-    FROM json_to_recordset(CAST(:rows AS json)) AS r(k text, s bigint, n text, d jsonb, t text, i text, y boolean)
+    INSERT INTO garrison_events (tenant, key, seq, name, data, target, idempotency_key, system, batch_id, batch_size,
+                                 created_at)
+    SELECT :tenant, r.k, r.s, r.n, r.d, r.t, r.i, coalesce(r.y, false), r.b, r.z, :now
+    FROM json_to_recordset(CAST(:rows AS json))
+         AS r(k text, s bigint, n text, d jsonb, t text, i text, y boolean, b bigint, z integer)
     RETURNING id, key, seq
+""")
+# A key becomes pending with its new last sequence (rows in key order, as the streams). The keys the
+# caller must publish come back: where nobody has published the key yet (a new row, or one the engine left
+# unpublished: ``published_at`` takes this statement's ``:now``), and keys that wait for an automation
+# (their new messages may be for automations any worker has; ``published_at`` there is the relay's).
+PENDING_UPSERT = """
+    INSERT INTO garrison_pending (tenant, key, seq, since, published_at)
+    SELECT :tenant, {rows} ORDER BY 2
+    ON CONFLICT (tenant, key) DO UPDATE
+    SET seq = greatest(garrison_pending.seq, excluded.seq),
+        published_at = CASE WHEN garrison_pending.needs IS NULL
+                            THEN coalesce(garrison_pending.published_at, excluded.published_at)
+                            ELSE garrison_pending.published_at END
+    RETURNING key, needs IS NOT NULL OR published_at = :now AS ours
+"""
+_PENDING = text(PENDING_UPSERT.format(
+    rows="r.k, r.q, :now, :now FROM json_to_recordset(CAST(:rows AS json)) AS r(k text, q bigint)"
+))
+# A key caught up: its pending row goes, unless an ingest raised its sequence meanwhile (that ingest's
+# row lock makes this wait for its commit, then re-check).
+_PENDING_DONE = text("""
+    DELETE FROM garrison_pending AS p USING json_to_recordset(CAST(:rows AS json)) AS r(k text, q bigint)
+    WHERE p.tenant = :tenant AND p.key = r.k AND p.seq <= r.q
 """)
 _CURSORS_INIT = text("""
     INSERT INTO garrison_cursors (tenant, key, processed_seq, updated_at)
@@ -44,11 +72,12 @@ _CURSORS_INIT = text("""
     ON CONFLICT (tenant, key) DO NOTHING
 """)
 _ENTITIES = text("""
-    INSERT INTO garrison_entities (tenant, key, automation, state, version, cursor, created_at, updated_at)
-    SELECT :tenant, r.k, r.a, r.s, r.v, r.c, :now, :now
-    FROM json_to_recordset(CAST(:rows AS json)) AS r(k text, a text, s jsonb, v integer, c bigint)
+    INSERT INTO garrison_entities (tenant, key, automation, state, version, cursor, status, created_at, updated_at)
+    SELECT :tenant, r.k, r.a, r.s, r.v, r.c, r.st, :now, :now
+    FROM json_to_recordset(CAST(:rows AS json)) AS r(k text, a text, s jsonb, v integer, c bigint, st text)
     ON CONFLICT (tenant, key, automation) DO UPDATE
-    SET state = excluded.state, version = excluded.version, cursor = excluded.cursor, updated_at = excluded.updated_at
+    SET state = excluded.state, version = excluded.version, cursor = excluded.cursor, status = excluded.status,
+        updated_at = excluded.updated_at
 """)
 _VERSIONS = text("""
     INSERT INTO garrison_state_versions (tenant, key, automation, version, state, message, data, event_id, seq,
@@ -79,12 +108,23 @@ def events_insert(
     return {(k, int(s)): int(i) for i, k, s in result}
 
 
+def pending_upsert(session: Any, tenant: str, last_seq: dict[str, int], now: datetime) -> set[str]:
+    """Mark keys pending up to ``last_seq[key]``; returns the keys the caller must publish."""
+    rows = dumps([{"k": k, "q": last_seq[k]} for k in sorted(last_seq)])
+    return {k for k, ours in session.execute(_PENDING, {"tenant": tenant, "now": now, "rows": rows}) if ours}
+
+
+def pending_done(session: Any, tenant: str, applied: dict[str, int]) -> None:
+    """Remove the pending rows of keys applied up to ``applied[key]``."""
+    session.execute(_PENDING_DONE, {"tenant": tenant, "rows": dumps([{"k": k, "q": q} for k, q in applied.items()])})
+
+
 def cursors_init(session: Any, tenant: str, keys: Iterable[str], now: datetime) -> None:
     session.execute(_CURSORS_INIT, {"tenant": tenant, "now": now, "keys": dumps(list(keys))})
 
 
 def entities_upsert(session: Any, tenant: str, rows: Sequence[dict[str, Any]], now: datetime) -> None:
-    """Rows ``{k, a, s, v, c}``: key, automation, state, version, cursor."""
+    """Rows ``{k, a, s, v, c, st}``: key, automation, state, version, cursor, status."""
     session.execute(_ENTITIES, {"tenant": tenant, "now": now, "rows": dumps(list(rows))})
 
 

@@ -30,9 +30,11 @@ class Registry:
         for path in modules:
             try:
                 module = importlib.import_module(path)
-            except ImportError as exc:
+            except DefinitionError:
+                raise  # names the automation and the part that is wrong
+            except Exception as exc:  # an ImportError, or any error the module raises as it runs
                 raise ConfigurationError(
-                    f"cannot import automation module {path!r}: {exc}", field="automations"
+                    f"cannot import automation module {path!r}: {type(exc).__name__}: {exc}", field="automations"
                 ) from exc
             found = [v for v in vars(module).values() if isinstance(v, Automation)]
             for automation in found:

@@ -19,17 +19,18 @@ from sqlalchemy.exc import IntegrityError
 
 from garrison.clock import Clock, SystemClock
 from garrison.config import Settings
+from garrison.core import failures as failed
 from garrison.core.contract import Automation
 from garrison.core.db import Database
 from garrison.core.engine import Engine
-from garrison.core.ingest import EventIn, IngestedEvent, validate, write_events
+from garrison.core.ingest import EventIn, IngestedEvent, check_atomic, validate, write_events
 from garrison.core.publisher import Publisher
 from garrison.core.registry import Registry
 from garrison.core.replay import Mismatch, ReplayReport, check, replay
 from garrison.core.runs import RunInfo, get_run, list_runs, parse_run_id
 from garrison.core.timers import TimerBuckets
-from garrison.errors import GarrisonError, NotFound, ValidationError
-from garrison.models import ENTITIES, EVENTS, FAILURES
+from garrison.errors import GarrisonError, ValidationError
+from garrison.models import ENTITIES, FAILURES, PENDING
 
 log = logging.getLogger("garrison.client")
 
@@ -140,11 +141,17 @@ class Runtime:
         )
         return self._write([event])[0]
 
-    def ingest_many(self, events: Iterable[Mapping[str, Any]]) -> list[IngestedEvent]:
+    def ingest_many(self, events: Iterable[Mapping[str, Any]], *, atomic: bool = False) -> list[IngestedEvent]:
         """Store many events in one transaction: all or nothing. Each item is a mapping with the
-        arguments of :meth:`ingest` (``name``, ``key``, ``data``, ``tenant``, ``idempotency_key``...)."""
+        arguments of :meth:`ingest` (``name``, ``key``, ``data``, ``tenant``, ``idempotency_key``...).
+
+        ``atomic=True`` (go-state's Aggregate): the events, all for one tenant and one key, also APPLY as
+        one: each entity that takes them applies all of them in one transaction, or, when one handler
+        raises, none of them (one failure names the batch; a retry applies it again as a whole)."""
         checked = self.check_many(events)
-        return self._write(checked) if checked else []
+        if atomic:
+            check_atomic(checked)
+        return self._write(checked, atomic=atomic) if checked else []
 
     def check_many(self, events: Iterable[Mapping[str, Any]]) -> list[EventIn]:
         """Validate a batch as :meth:`ingest_many` does, writing nothing: the first bad item raises
@@ -170,11 +177,11 @@ class Runtime:
             )
         return checked
 
-    def _write(self, events: Sequence[EventIn]) -> list[IngestedEvent]:
+    def _write(self, events: Sequence[EventIn], *, atomic: bool = False) -> list[IngestedEvent]:
         for attempt in range(3):
             try:
                 with self.db.session() as s:
-                    results = write_events(s, self.db, events, self.clock.now())
+                    results = write_events(s, self.db, events, self.clock.now(), atomic=atomic)
                 break
             except IntegrityError:
                 # Another process stored one of our idempotency keys between our check and insert:
@@ -185,10 +192,11 @@ class Runtime:
         return results
 
     def wake(self, results: Iterable[IngestedEvent]) -> None:
-        """Publish work for freshly stored events. Best-effort: the relay covers a lost publish."""
+        """Publish work for freshly stored events whose key no task is on its way for yet (a task already
+        published for the key applies them too). Best-effort: the relay covers a lost publish."""
         by_tenant: dict[str, set[str]] = {}
         for r in results:
-            if not r.duplicate:
+            if r.wake and not r.duplicate:
                 by_tenant.setdefault(r.tenant, set()).add(r.key)
         for tenant, keys in by_tenant.items():
             try:
@@ -196,7 +204,17 @@ class Runtime:
             except Exception:
                 log.warning("publish failed; the relay will pick these keys up", exc_info=True,
                             extra={"tenant": tenant, "keys": len(keys)})
+                self._unpublished(tenant, sorted(keys))
 
+    def _unpublished(self, tenant: str, keys: Sequence[str]) -> None:
+        """No task went out for these keys after all: the next ingest for them tries to publish again (the
+        relay does in any case). Best-effort too: the database may be what failed."""
+        try:
+            with self.db.session() as s:
+                s.execute(update(PENDING).where(PENDING.c.tenant == tenant, PENDING.c.key.in_(keys),
+                                                PENDING.c.needs.is_(None)).values(published_at=None))
+        except Exception:
+            log.debug("could not mark keys unpublished", exc_info=True)
 
     # -- reading and operating ----------------------------------------------------------------
 
@@ -229,39 +247,28 @@ class Runtime:
         return check(self.db, self.registry, self.tenant_of(tenant), automation, key)
 
     def retry(self, failure_id: int, *, tenant: str | None = None) -> IngestedEvent:
-        """Apply a failed message again, now, to the entity's current state.
+        """Apply a failed message again (see :mod:`garrison.core.failures`).
 
-        The message is ingested anew for the same automation (so it goes through every guarantee of
-        a fresh event) and the failure is marked ``retried`` with the new event's id.
+        For an entity that went on after the failure (``on_failure="skip"``, the default) the message is
+        ingested anew for the same automation, through every guarantee of a fresh event, and applied to
+        the entity's current state. For an entity halted at it (``on_failure="halt"``) the message itself
+        is applied again in place, then the messages that waited. Either way the failure is marked
+        ``retried`` with the id of the event returned.
         """
-        tenant = self.tenant_of(tenant)
-        with self.db.session() as s:
-            failure = s.execute(
-                select(FAILURES).where(FAILURES.c.tenant == tenant, FAILURES.c.id == failure_id).with_for_update()
-            ).mappings().first()
-            if failure is None:
-                raise NotFound("no such failure", tenant=tenant, failure_id=failure_id)
-            if failure["status"] != "failed":
-                raise GarrisonError(
-                    f"failure {failure_id} is {failure['status']} (event {failure['retry_event_id']})",
-                    tenant=tenant, failure_id=failure_id,
-                )
-            original = s.execute(
-                select(EVENTS.c.data).where(EVENTS.c.tenant == tenant, EVENTS.c.id == failure["event_id"])
-            ).first()
-            event = EventIn(
-                tenant=tenant, name=failure["message"], key=failure["key"],
-                data=original[0] if original else {}, idempotency_key=f"retry:{failure_id}",
-                target=failure["automation"],
-            )
-            [stored] = write_events(s, self.db, [event], self.clock.now())
-            s.execute(
-                update(FAILURES)
-                .where(FAILURES.c.tenant == tenant, FAILURES.c.id == failure_id)
-                .values(status="retried", retry_event_id=stored.id)
-            )
+        stored = failed.retry(self.db, self.tenant_of(tenant), failure_id, self.clock.now())
         self.wake([stored])
         return stored
+
+    def skip(self, failure_id: int, *, tenant: str | None = None) -> int:
+        """Pass over a failed message for good (``garrison skip``). An entity halted at it goes on with the
+        messages after it; the failure is marked ``skipped``. Returns the sequence number it goes on after."""
+        tenant = self.tenant_of(tenant)
+        after = failed.skip(self.db, tenant, failure_id, self.clock.now())
+        with self.db.session() as s:
+            key = s.execute(select(FAILURES.c.key).where(FAILURES.c.tenant == tenant, FAILURES.c.id == failure_id)
+                            ).scalar_one()
+        self.publisher.publish_keys(tenant, [key])
+        return after
 
     def failures(
         self, *, tenant: str | None = None, automation: str | None = None, status: str = "failed"

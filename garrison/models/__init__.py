@@ -1,5 +1,7 @@
 """SQLModel tables. Every row carries a tenant; every query garrison makes filters on it."""
 
+from garrison.models.fleet import AUTOMATIONS, PENDING, TENANTS, AutomationRecord, Pending, Tenant
+from garrison.models.pulses import LEASES, PULSE_SLOTS, SCHEDULES, Lease, PulseSlot, Schedule
 from garrison.models.tables import (
     CURSORS,
     EFFECTS,
@@ -23,11 +25,8 @@ from garrison.models.tables import (
 )
 
 __all__ = [
-    "CURSORS", "EFFECTS", "ENTITIES", "EVENTS", "FAILURES", "RUNS", "STREAMS", "TIMERS", "VERSIONS",
-    "Cursor", "Effect", "Entity", "Event", "Failure", "Run", "StateVersion", "Stream", "Timer", "metadata",
+    "AUTOMATIONS", "CURSORS", "EFFECTS", "ENTITIES", "EVENTS", "FAILURES", "LEASES", "PENDING", "PULSE_SLOTS", "RUNS",
+    "SCHEDULES", "STREAMS", "TENANTS", "TIMERS", "VERSIONS",
+    "AutomationRecord", "Cursor", "Effect", "Entity", "Event", "Failure", "Lease", "Pending", "PulseSlot", "Run",
+    "Schedule", "StateVersion", "Stream", "Tenant", "Timer", "metadata",
 ]
-
-# Pulse tables live in their own module; importing it registers them with ``metadata``.
-from garrison.models.pulses import LEASES, PULSE_SLOTS, SCHEDULES, Lease, PulseSlot, Schedule
-
-__all__ += ["LEASES", "PULSE_SLOTS", "SCHEDULES", "Lease", "PulseSlot", "Schedule"]

@@ -5,7 +5,10 @@
 - ``Stream``: the ingest side of a key: the last sequence handed out. Only ingest writes it.
 - ``Cursor``: the worker side of a key: the last sequence applied. Workers lock this row (never the
   stream's), so an ingest never waits for a worker.
-- ``Entity``: one automation's state for one key, with its version and cursor.
+- ``Entity``: one automation's state for one key, with its version and cursor. Its ``status`` is
+  ``active`` (it has considered every message up to its key's cursor), ``behind`` (messages after its own
+  ``cursor`` still wait for it: a worker without the automation took the key, or it was un-halted) or
+  ``halted`` (a message failed under ``on_failure="halt"``; it waits at that message for a retry or skip).
 - ``StateVersion``: the full history of an entity's states, with the message that produced each.
 - ``Effect``: the outbox: side effects written with the state change that caused them.
 - ``Failure``: a message a handler refused by raising, with its traceback, retryable.
@@ -21,7 +24,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Table, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Table, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -64,6 +67,11 @@ class Event(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
     system: bool = False
     created_at: datetime = _when()
+    # An atomic batch (``ingest_many(..., atomic=True)``): the sequence number of its first event and how
+    # many it has. Its events have consecutive sequence numbers of one key and apply to an entity together
+    # or not at all. (Columns added after the first release come last, as a migration adds them.)
+    batch_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    batch_size: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
 
 
 class Stream(SQLModel, table=True):
@@ -86,7 +94,12 @@ class Cursor(SQLModel, table=True):
 
 class Entity(SQLModel, table=True):
     __tablename__ = "garrison_entities"
-    __table_args__ = (Index("ix_garrison_entities_automation", "tenant", "automation", "key"),)
+    __table_args__ = (
+        Index("ix_garrison_entities_automation", "tenant", "automation", "key"),
+        # The few entities that wait (behind or halted), for stats and inspect.
+        Index("ix_garrison_entities_waiting", "tenant", "automation", "status",
+              postgresql_where=text("status <> 'active'"), sqlite_where=text("status <> 'active'")),
+    )
 
     tenant: str = _tenant()
     key: str = Field(sa_column=Column(String(255), primary_key=True))
@@ -96,6 +109,7 @@ class Entity(SQLModel, table=True):
     cursor: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     created_at: datetime = _when()
     updated_at: datetime = _when()
+    status: str = Field(default="active", sa_column=Column(String(16), nullable=False, server_default="active"))
 
 
 class StateVersion(SQLModel, table=True):
@@ -113,9 +127,20 @@ class StateVersion(SQLModel, table=True):
     created_at: datetime = _when()
 
 
+# The predicate of the index of unfinished effects, spelled as literal SQL wherever it is queried, so the
+# planner can prove the index applies (a bound parameter would hide the values).
+EFFECT_OPEN = "status NOT IN ('done', 'failed')"
+
+
 class Effect(SQLModel, table=True):
     __tablename__ = "garrison_effects"
-    __table_args__ = (Index("ix_garrison_effects_status", "status", "created_at"),)
+    __table_args__ = (
+        Index("ix_garrison_effects_status", "status", "created_at"),
+        # Unfinished effects only (small, whatever the history): the relay's sweep of a tenant, and the
+        # check that an entity's earlier effects are finished before the next one runs.
+        Index("ix_garrison_effects_open", "tenant", "automation", "key", "id",
+              postgresql_where=text(EFFECT_OPEN), sqlite_where=text(EFFECT_OPEN)),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     tenant: str = Field(sa_column=Column(String(64), nullable=False))
@@ -123,13 +148,16 @@ class Effect(SQLModel, table=True):
     key: str = Field(sa_column=Column(String(255), nullable=False))
     kind: str = Field(sa_column=Column(String(64), nullable=False))
     payload: Any = _json(nullable=False)
-    # pending: committed, not yet published. dispatched: published. done / failed: finished.
+    # pending: committed, not yet published. dispatched: published. running: a worker performs it now and
+    # beats ``heartbeat_at``. retrying: it failed and waits until ``next_attempt_at``. done / failed: finished.
     status: str = Field(default="pending", sa_column=Column(String(16), nullable=False))
     attempts: int = 0
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = _when()
     dispatched_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     done_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    heartbeat_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    next_attempt_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
 
     @property
     def idempotency_key(self) -> str:

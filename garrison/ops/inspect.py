@@ -44,6 +44,9 @@ class EntityRow:
     state: Any
     created_at: datetime
     updated_at: datetime
+    # active; behind (messages after ``cursor`` wait for it: a worker without it took the key); halted (a
+    # message failed under on_failure="halt": it waits at message ``cursor + 1`` for a retry or skip).
+    status: str = "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +178,7 @@ def inspect_key(
         report.entities = [
             EntityRow(
                 automation=r["automation"], version=r["version"], cursor=r["cursor"], state=r["state"],
-                created_at=as_utc(r["created_at"]), updated_at=as_utc(r["updated_at"]),
+                created_at=as_utc(r["created_at"]), updated_at=as_utc(r["updated_at"]), status=r["status"],
             )
             for r in s.execute(entities.order_by(ENTITIES.c.automation)).mappings()
         ]

@@ -259,11 +259,16 @@ def _run(fn: Callable[[Config, str], None], conn: Connection, target: str) -> No
 
 
 def _adopt(conn: Connection) -> bool:
-    """A database made by ``create_all`` before migrations: create the baseline tables it lacks and
-    record the baseline. False (and nothing done) when it holds no garrison table at all."""
+    """A database made by ``create_all`` with no recorded revision: when it already matches this
+    garrison's models (``client.init_db()`` of this version) record the latest revision; otherwise (made
+    before migrations existed) create the baseline tables it lacks and record the baseline, which the
+    upgrade then takes to head. False (and nothing done) when it holds no garrison table at all."""
     existing = {name for name in inspect(conn).get_table_names() if include_name(name, "table", {})}
     if not existing:
         return False
+    if not compare_metadata(MigrationContext.configure(conn, opts=context_options()), metadata):
+        command.stamp(_config(conn), head())
+        return True
     baseline = _script().get_revision(BASELINE)
     if baseline is None:  # pragma: no cover - the baseline ships with garrison
         raise MigrationError(f"the baseline revision {BASELINE} is missing from {MIGRATIONS}")

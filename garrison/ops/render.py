@@ -64,8 +64,9 @@ def key_report(report: KeyReport, *, full: bool = False, tracebacks: bool = Fals
         f"{report.pending_count} pending",
         section(
             "State",
-            ("AUTOMATION", "VERSION", "CURSOR", "UPDATED", "STATE"),
-            [(e.automation, e.version, e.cursor, e.updated_at, e.state) for e in report.entities],
+            ("AUTOMATION", "VERSION", "CURSOR", "STATUS", "UPDATED", "STATE"),
+            [(e.automation, e.version, e.cursor, _status(e.status, e.cursor), e.updated_at, e.state)
+             for e in report.entities],
             width=width,
         ),
         section(
@@ -298,6 +299,14 @@ def _block(text: str, indent: str) -> str:
 # -- garrison stats -------------------------------------------------------------------------------------
 
 
+def _status(status: str, cursor: int) -> str:
+    if status == "halted":
+        return f"halted at seq {cursor + 1} (garrison retry / skip)"
+    if status == "behind":
+        return f"behind after seq {cursor}"
+    return status
+
+
 def stats_report(stats: Stats) -> str:
     """``garrison stats``: the tenant's figures, then one line per automation and per running pulse."""
     span = format_duration(timedelta(seconds=stats.window))
@@ -317,10 +326,11 @@ def stats_report(stats: Stats) -> str:
     parts = ["\n".join(lines)]
     parts.append(section(
         "Automations",
-        ("AUTOMATION", "ENTITIES", f"CHANGES/{span}", "FAILURES", "EFFECTS PENDING", "DISPATCHED", "FAILED",
-         "TIMERS"),
-        [(a.automation, f"{a.entities:,}", f"{a.changes:,}", f"{a.failures:,}", f"{a.effects_pending:,}",
-          f"{a.effects_dispatched:,}", f"{a.effects_failed:,}", f"{a.timers_pending:,}") for a in stats.automations],
+        ("AUTOMATION", "ENTITIES", f"CHANGES/{span}", "FAILURES", "HALTED", "BEHIND", "EFFECTS PENDING",
+         "DISPATCHED", "FAILED", "TIMERS"),
+        [(a.automation, f"{a.entities:,}", f"{a.changes:,}", f"{a.failures:,}", f"{a.halted:,}", f"{a.behind:,}",
+          f"{a.effects_pending:,}", f"{a.effects_dispatched:,}", f"{a.effects_failed:,}", f"{a.timers_pending:,}")
+         for a in stats.automations],
         width=None,
     ))
     if stats.pulses:

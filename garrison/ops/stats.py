@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, text
 
 from garrison.clock import as_utc
 from garrison.core.engine import processed_seq
@@ -40,6 +40,10 @@ class AutomationStats:
     effects_dispatched: int = 0
     effects_failed: int = 0
     timers_pending: int = 0
+    # Entities halted at a failed message (on_failure="halt"), and behind (waiting for a worker that has
+    # this automation, or catching up).
+    halted: int = 0
+    behind: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,13 @@ def collect_stats(client: Runtime, *, tenant: str | None = None, window: float =
             .group_by(ENTITIES.c.automation)
         ):
             of(name).entities = count
+        for name, status, count in s.execute(
+            select(ENTITIES.c.automation, ENTITIES.c.status, func.count())
+            .where(ENTITIES.c.tenant == tenant, text("status <> 'active'"))
+            .group_by(ENTITIES.c.automation, ENTITIES.c.status)
+        ):
+            if status in ("halted", "behind"):
+                setattr(of(name), status, count)
         for name, count in s.execute(
             select(VERSIONS.c.automation, func.count())
             .where(VERSIONS.c.tenant == tenant, VERSIONS.c.created_at > since)

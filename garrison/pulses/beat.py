@@ -1,7 +1,9 @@
 """The pulse side of beat: each tick, the beat that holds the fleet's lease opens the slots that came due.
 
 Schedules live in SQL (``garrison_schedules``): the ones defined in code (``@machine.pulse``) are synced
-there, and the ones added at run time are read on every tick, so a new schedule fires without a restart.
+there for every tenant (when the beat becomes leader, and for a new tenant on the tick after its first
+event, through the tenants table), and the ones added at run time are read on every tick, so a new
+schedule fires without a restart.
 For each due schedule the missed-slot policy decides which slots fire; each is opened with
 :func:`~garrison.pulses.fanout.open_slot` (a unique row per schedule and slot: two beats cannot both
 open one) and handed to a worker as a ``garrison.pulse`` task. Only the lease holder ticks, so a second
@@ -20,7 +22,7 @@ from sqlalchemy import select, update
 from garrison.clock import as_utc
 from garrison.core.leases import acquire, new_owner
 from garrison.core.runtime import Runtime
-from garrison.models import ENTITIES
+from garrison.models import TENANTS
 from garrison.models.pulses import SCHEDULES
 from garrison.pulses.fanout import open_slot, save_schedule, schedule_values, spec_of
 from garrison.pulses.schedules import PulseSchedule
@@ -30,7 +32,6 @@ log = logging.getLogger("garrison.beat")
 FLEET = "_fleet"  # the tenant scope of fleet-wide rows (the beat lease)
 LEASE = "beat"
 LEASE_TTL = 10.0
-SYNC_EVERY = 30.0
 
 
 @dataclass(slots=True)
@@ -47,7 +48,8 @@ class PulseBeat:
         self.client = client
         self.owner = owner or new_owner("beat")
         self.ttl = ttl
-        self._synced_at: datetime | None = None
+        # The highest garrison_tenants id whose tenant has the code's pulses (None: none synced yet).
+        self._tenant_mark: int | None = None
 
     def tick(self) -> TickReport:
         report = TickReport()
@@ -55,28 +57,30 @@ class PulseBeat:
         if acquire(self.client.db, FLEET, LEASE, self.owner, self.ttl, now) is None:
             return report
         report.leader = True
-        if self._synced_at is None or (now - self._synced_at).total_seconds() >= SYNC_EVERY:
-            self.sync_code_schedules(now)
-            self._synced_at = now
+        self.sync_code_schedules(now)
         for tenant in self._tenants():
             self._tenant_tick(tenant, now, report)
         return report
 
     def sync_code_schedules(self, now: datetime) -> None:
-        """Store the pulses defined in code, for every tenant that has entities of their automation (and
-        the default tenant), without touching a paused flag or the next slot an existing row has."""
+        """Store the pulses defined in code for the tenants that have not got them yet: every tenant (and
+        the default one) the first time, then each new tenant (read through the tenants table's id, so a
+        tick costs one indexed read), without touching a paused flag or the next slot an existing row has."""
         specs = [p for automation in self.client.registry for p in getattr(automation, "pulses", ())]
         if not specs:
             return
         with self.client.db.session() as s:
-            automations = sorted({p.automation for p in specs})
-            tenants = set(s.execute(
-                select(ENTITIES.c.tenant).where(ENTITIES.c.automation.in_(automations)).distinct()
-            ).scalars())
-        tenants.add(self.client.settings.tenant)
+            rows = s.execute(
+                select(TENANTS.c.id, TENANTS.c.name).where(TENANTS.c.id > (self._tenant_mark or 0))
+                .order_by(TENANTS.c.id)
+            ).all()
+        tenants = {r.name for r in rows}
+        if self._tenant_mark is None:
+            tenants.add(self.client.settings.tenant)
         for tenant in sorted(tenants):
             for spec in specs:
                 self._sync_one(tenant, spec, now)
+        self._tenant_mark = max([self._tenant_mark or 0, *(r.id for r in rows)])
 
     def _sync_one(self, tenant: str, spec: PulseSchedule, now: datetime) -> None:
         with self.client.db.session() as s:

@@ -21,7 +21,9 @@ from typing import Any
 from sqlalchemy import func, select, text, update
 
 from garrison.clock import as_utc
+from garrison.core import pgbulk
 from garrison.core.db import Database
+from garrison.core.heartbeat import beating
 from garrison.core.ingest import EventIn, IngestedEvent, write_events
 from garrison.core.runtime import Runtime
 from garrison.errors import NotFound
@@ -201,11 +203,15 @@ _PAGE_PG = """
         SELECT :tenant, b.key, b.last_seq, :message, CAST(:data AS jsonb), :automation, f.ikey, false, :now
         FROM bumped AS b JOIN fresh AS f ON f.key = b.key
         RETURNING id, key, seq
-    )
+    ),
+    pended AS ({pending})
     SELECT (SELECT count(*) FROM page) AS n, (SELECT max(p.key) FROM page AS p) AS last,
-           (SELECT json_agg(json_build_array(w.id, w.key, w.seq)) FROM written AS w) AS rows
+           (SELECT json_agg(json_build_array(w.id, w.key, w.seq, coalesce(d.ours, false)))
+            FROM written AS w LEFT JOIN pended AS d ON d.key = w.key) AS rows
 """
-_PAGE_PG_ALL = text(_PAGE_PG.format(hit="true"))
+# The keys become pending as ingest makes them (garrison.core.pgbulk), from the bumped streams.
+_PENDING_FROM_BUMPED = pgbulk.PENDING_UPSERT.format(rows="b.key, b.last_seq, :now, :now FROM bumped AS b")
+_PAGE_PG_ALL = text(_PAGE_PG.format(hit="true", pending=_PENDING_FROM_BUMPED))
 
 
 def sql_filter(where: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -239,7 +245,7 @@ def _page_pg(
         found = sql_filter(schedule.where)
         assert found is not None  # checked by the caller
         condition, where_params = found
-        statement = text(_PAGE_PG.format(hit=f"({condition})"))
+        statement = text(_PAGE_PG.format(hit=f"({condition})", pending=_PENDING_FROM_BUMPED))
     row = s.execute(statement, {
         "tenant": tenant, "automation": schedule.automation, "at": at, "after": slot.cursor or "",
         "chunk": chunk, "prefix": prefix, "message": schedule.message, "data": json.dumps(data), "now": now,
@@ -247,8 +253,9 @@ def _page_pg(
     }).one()
     written = [
         IngestedEvent(id=int(i), tenant=tenant, key=k, seq=int(q), name=schedule.message, data=data,
-                      target=schedule.automation, idempotency_key=pulse_key(slot.schedule_id, at, k), created_at=now)
-        for i, k, q in (row.rows or [])
+                      target=schedule.automation, idempotency_key=pulse_key(slot.schedule_id, at, k), created_at=now,
+                      wake=bool(ours))
+        for i, k, q, ours in (row.rows or [])
     ]
     _advance(s, tenant, slot.id, row.last if row.n else slot.cursor, int(row.n), chunk, now)
     return written
@@ -286,7 +293,14 @@ def run_pulse(
     Safe to run twice at once or again after a crash: pages resume from the slot's committed cursor.
     ``progress(done, total)`` is called after each page."""
     sent = 0
-    with log_context(tenant=tenant, slot_id=slot_id):
+
+    def beat() -> None:  # a slow page is alive: the relay re-publishes a slot only once this stops
+        with client.db.session() as s:
+            s.execute(update(PULSE_SLOTS).where(PULSE_SLOTS.c.tenant == tenant, PULSE_SLOTS.c.id == slot_id,
+                                                PULSE_SLOTS.c.status == "running")
+                      .values(updated_at=client.clock.now()))
+
+    with log_context(tenant=tenant, slot_id=slot_id), beating(beat, client.settings.effect_heartbeat):
         while True:
             events = fan_out_chunk(client.db, tenant, slot_id, client.clock.now(), chunk)
             if events is None:

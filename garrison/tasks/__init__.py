@@ -11,13 +11,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import beat_init, celeryd_init, worker_process_init, worker_ready
 
 from garrison.client import Garrison, configure
 from garrison.config import Settings
 from garrison.core.relay import relay as relay_work
 from garrison.core.runner import Runner
+from garrison.errors import GarrisonError
 from garrison.pulses.fanout import relay_stalled, run_pulse
+from garrison.tasks import fleet
 from garrison.tasks.app import create_celery
 from garrison.tasks.publisher import CeleryPublisher
 
@@ -43,6 +45,27 @@ def _after_fork(**_: Any) -> None:
         _client.reset_after_fork()
 
 
+@celeryd_init.connect
+def _worker_starts(sender: Any = None, conf: Any = None, **_: Any) -> None:
+    """Before the worker sets its queues up: import the automations (or refuse to start), consume their
+    queues, register them with the fleet."""
+    fleet.join(client(), conf if conf is not None else app.conf, str(sender or "worker"))
+
+
+@worker_ready.connect
+def _worker_ready(sender: Any = None, **_: Any) -> None:
+    c = client()
+    fleet.start_heartbeat(c, c.registry, str(getattr(sender, "hostname", None) or "worker"))
+
+
+@beat_init.connect
+def _beat_starts(**_: Any) -> None:
+    try:
+        fleet.automations(client())
+    except GarrisonError as exc:
+        fleet.refuse("beat", exc)
+
+
 @app.task(name="garrison.process", acks_late=True, ignore_result=True)
 def process(tenant: str, keys: list[str]) -> dict[str, int]:
     """Apply the pending messages of these keys."""
@@ -52,16 +75,21 @@ def process(tenant: str, keys: list[str]) -> dict[str, int]:
 
 @app.task(name="garrison.effect", bind=True, acks_late=True, ignore_result=True)
 def effect(self: Task, tenant: str, effect_id: int) -> bool:
-    """Perform one committed effect (a listener, a command); retried with exponential backoff."""
+    """Perform one committed effect (a listener, a command); retried with exponential backoff. One
+    entity's effects run one after another, in order (unless its automation says ``effects="parallel"``)."""
     limit = settings.effect_max_retries
     final = self.request.retries >= limit
+    countdown = min(2 ** self.request.retries, 300)
+    c = client()
     try:
-        return Runner(client()).perform_effect(tenant, effect_id, final_attempt=final)
+        return Runner(c).perform_effect(
+            tenant, effect_id, final_attempt=final, retry_at=c.clock.now() + timedelta(seconds=countdown)
+        )
     except Exception as exc:
         if final:
             log.error("effect failed for good", extra={"tenant": tenant, "effect_id": effect_id})
             raise
-        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 300), max_retries=limit) from exc
+        raise self.retry(exc=exc, countdown=countdown, max_retries=limit) from exc
 
 
 @app.task(name="garrison.timers", acks_late=True, ignore_result=True)
@@ -92,7 +120,8 @@ def relay() -> int:
     """Re-publish work committed but not dispatched (lost messages, killed workers)."""
     c = client()
     report = relay_work(c)
-    stalled = relay_stalled(c, c.clock.now() - timedelta(seconds=settings.relay_after))
+    # A pulse page beats while it runs; one silent for longer than a stalled effect died with its worker.
+    stalled = relay_stalled(c, c.clock.now() - timedelta(seconds=settings.effect_stall_after))
     return report.total + len(stalled)
 
 

@@ -11,17 +11,31 @@ about and the Celery task it runs in, as text or as JSON lines (``GARRISON_LOG_F
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery, current_task
 from celery.app.log import Logging
 from celery.utils.log import ColorFormatter, get_logger
+from kombu.entity import Exchange, Queue
 
 from garrison import logs
 from garrison.config import Settings
 from garrison.tasks import fstransport
 
-QUEUE = "garrison"
+
+def automation_queue(settings: Settings, automation: str) -> str:
+    """The queue of one automation's work (its effects, and keys that wait for it): only workers that
+    have the automation consume it."""
+    return f"{settings.queue}.automation.{automation}"
+
+
+def queues_for(settings: Settings, automations: Iterable[str]) -> list[Queue]:
+    """What a worker with these automations consumes: the fleet's queue and each automation's own, each
+    bound to its own direct exchange by its own name (as Celery makes a queue a task names that it was
+    not told of), so no message reaches two queues."""
+    names = [settings.queue, *(automation_queue(settings, name) for name in sorted(automations))]
+    return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in names]
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -52,7 +66,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "event_serializer": "json",
         "task_ignore_result": True,
         "result_backend": None,
-        "task_default_queue": QUEUE,
+        "task_default_queue": settings.queue,
+        "task_queues": queues_for(settings, ()),
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 4,

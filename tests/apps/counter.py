@@ -32,6 +32,11 @@ def same(prefs: dict[str, Any], state: Any, data: dict[str, Any]) -> Any:
 @counter.listener
 def record(t: Transition) -> None:
     """Writes every transition it is handed to a file, so tests can read what listeners saw."""
+    if os.environ.get("GARRISON_TEST_SLOW_LISTENER"):  # before it records: a kill now leaves no line
+        time.sleep(float(os.environ["GARRISON_TEST_SLOW_LISTENER"]))
+    blocker = t.data.get("blocker")
+    if blocker and os.path.exists(blocker):
+        raise RuntimeError(f"the mail server is down for version {t.version}")
     path = os.environ.get("GARRISON_TEST_LISTENER_LOG")
     if path:
         import json

@@ -48,7 +48,16 @@ from garrison.automations.journeys.context import (
     event_message,
     matches,
 )
-from garrison.core.contract import ApplyContext, Automation, EffectClient, EffectContext, EffectSpec, Message, Outcome
+from garrison.core.contract import (
+    ApplyContext,
+    Automation,
+    EffectClient,
+    EffectContext,
+    EffectSpec,
+    Message,
+    Outcome,
+    Route,
+)
 from garrison.core.jsondata import JSON, clone_json, ensure_json
 from garrison.core.timers import TIMER_EVENT
 from garrison.errors import DefinitionError, DeterminismError
@@ -102,7 +111,8 @@ class Journey(Automation):
         concurrency: str = "skip",
         events: str | Iterable[str] | None = None,
     ) -> None:
-        super().__init__(name)
+        # A run's steps already run one after another; steps of different runs need not wait for each other.
+        super().__init__(name, effects="parallel")
         if not callable(fn):
             raise DefinitionError("a journey needs a callable", automation=name, part="fn")
         self.fn = fn
@@ -130,6 +140,9 @@ class Journey(Automation):
         if self.events is None:
             return True
         return any(_name_matches(message.name, p) for p in self.events)
+
+    def route(self) -> Route:
+        return Route(None if self.events is None else tuple(self.events))
 
     # -- the handler ----------------------------------------------------------------------------
 

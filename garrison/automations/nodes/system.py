@@ -38,7 +38,7 @@ from garrison.automations.nodes.events import (
     select,
 )
 from garrison.automations.nodes.state import NodeState, deliver, read_committed, views_for
-from garrison.core.contract import ApplyContext, Automation, EmitSpec, Message, Outcome
+from garrison.core.contract import ApplyContext, Automation, EmitSpec, Message, Outcome, Route
 from garrison.core.ingest import validate
 from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
 from garrison.core.runtime import Runtime, default_client
@@ -210,8 +210,8 @@ class Nodes(Automation):
 
     style = "nodes"
 
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
+    def __init__(self, name: str, *, on_failure: str = "skip", effects: str = "entity") -> None:
+        super().__init__(name, on_failure=on_failure, effects=effects)
         self.nodes: dict[str, Node] = {}
 
     def node(self, name: str, *, initial: JSON = None) -> Node:
@@ -267,6 +267,9 @@ class Nodes(Automation):
 
     def accepts(self, message: Message) -> bool:
         return message.target == self.name
+
+    def route(self) -> Route:
+        return Route(())  # only the events sent to the system's nodes
 
     def apply(self, state: JSON, message: Message, ctx: ApplyContext) -> Outcome:
         node = self[ctx.key]

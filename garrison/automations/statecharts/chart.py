@@ -52,7 +52,7 @@ from typing import Any
 
 from garrison.automations.statecharts.definition import Action, ChartDefinition, Guard, Migration, StateNode
 from garrison.automations.statecharts.macrostep import MAX_MICROSTEPS, SOURCE, Macrostep, bounded
-from garrison.core.contract import ApplyContext, Automation, EmitSpec, Message, Outcome, TimerSpec
+from garrison.core.contract import ApplyContext, Automation, EmitSpec, Message, Outcome, Route, TimerSpec
 from garrison.core.ingest import IngestedEvent
 from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
 from garrison.core.runtime import Runtime, default_client
@@ -96,8 +96,10 @@ class Statechart(Automation):
         guards: Mapping[str, Guard] | None = None,
         actions: Mapping[str, Action] | None = None,
         migrations: Mapping[int, Migration] | None = None,
+        on_failure: str = "skip",
+        effects: str = "entity",
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, on_failure=on_failure, effects=effects)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise DefinitionError(f"version must be a positive int, not {version!r}", automation=name, part="version")
         self.version = version
@@ -168,6 +170,9 @@ class Statechart(Automation):
         if message.target is not None:
             return message.target == self.name
         return message.name in self.events
+
+    def route(self) -> Route:
+        return Route(tuple(sorted(self.events)))
 
     def apply(self, state: JSON, message: Message, ctx: ApplyContext) -> Outcome:
         event = self.unstamp(message)

@@ -75,6 +75,8 @@ class Settings:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data_dir, Path):  # Settings(data_dir="var/garrison") reads as it should
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'garrison.db'}")
         if not self.broker_url:

@@ -122,7 +122,7 @@ def run_garrison(args: argparse.Namespace, data_dir: Path) -> Run:
     env = {"BENCH_JOURNEY_TIMEOUT_MS": str(args.timeout_ms)}
     log = data_dir / "garrison-worker.log"
     try:
-        with worker("garrison.tasks", settings, log, queue="garrison", concurrency=args.concurrency, beat=True,
+        with worker("garrison.tasks", settings, log, concurrency=args.concurrency, beat=True,
                     **env) as proc:
             client.ingest_many([{"name": n, "key": k, "data": d, "tenant": WARMUP_TENANT}
                                 for i in range(WARM_USERS) for k, n, d in user_events(i, "w")])

@@ -30,17 +30,18 @@ def worker(
     settings: Settings,
     log: Path,
     *,
-    queue: str,
+    queue: str | None = None,
     concurrency: int = 2,
     pool: str = "prefork",
     beat: bool = False,
     **env: str,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """One ``celery worker`` of ``app``; the whole process group is stopped on exit."""
+    """One ``celery worker`` of ``app`` (on ``queue``; by default the queues its app declares: garrison's own
+    and one per automation); the whole process group is stopped on exit."""
     name = app.split(":")[-1].replace(".", "-")
     cmd = [
         sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "WARNING",
-        "--pool", pool, "--concurrency", str(concurrency), "-Q", queue,
+        "--pool", pool, "--concurrency", str(concurrency), *(["-Q", queue] if queue else []),
         "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat",
     ]
     if beat:

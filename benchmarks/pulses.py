@@ -120,7 +120,7 @@ def run_garrison(args: argparse.Namespace, chunk: int, tmp: Path, patch: str = "
     try:
         app, env = ("benchmarks.patched_worker:app", {"BENCH_PATCH": patch}) if patch else (
             "garrison.tasks", {})
-        with worker(app, settings, log, queue="garrison", concurrency=args.concurrency, pool=args.pool,
+        with worker(app, settings, log, concurrency=args.concurrency, pool=args.pool,
                     **env) as proc:
             # Warm-up: both pool processes import the machine and connect.
             client.ingest_many({"name": "initialInquiry", "key": f"w{i}", "data": {"when": when},

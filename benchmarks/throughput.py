@@ -165,16 +165,17 @@ def child_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def workers(
-    app: str, settings: Settings, args: argparse.Namespace, log_dir: Path, queue: str, **env: str
+    app: str, settings: Settings, args: argparse.Namespace, log_dir: Path, queue: str | None, **env: str
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """``args.workers`` celery worker processes of ``app``; stopped (whole process group) on exit."""
+    """``args.workers`` celery worker processes of ``app`` (on ``queue``, or the queues its app declares);
+    stopped (whole process group) on exit."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for n in range(args.workers):
             name = f"{app.split(':')[-1].replace('.', '-')}{n}"
             cmd = [
                 sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "WARNING",
-                "--pool", args.pool, "--concurrency", str(args.concurrency), "-Q", queue,
+                "--pool", args.pool, "--concurrency", str(args.concurrency), *(["-Q", queue] if queue else []),
                 "--hostname", f"{name}@%h", "--without-mingle", "--without-gossip", "--without-heartbeat",
             ]
             log = (log_dir / f"{name}.log").open("wb")
@@ -254,7 +255,7 @@ def run_garrison(args: argparse.Namespace, settings: Settings, log_dir: Path) ->
     target = "tally_listened" if args.listener else "tally"
     events = make_events(args.events, args.keys, target)
     app, env = ("benchmarks.patched_worker:app", {"BENCH_PATCH": args.patch}) if args.patch else ("garrison.tasks", {})
-    with workers(app, settings, args, log_dir, "garrison", **env) as procs:
+    with workers(app, settings, args, log_dir, None, **env) as procs:
         # Warm-up: one task per key, so every pool process has imported the automations and connected.
         warm = 4 * args.workers * args.concurrency
         for i in range(warm):

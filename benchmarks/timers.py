@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         client = Garrison(settings)
         log = Path(tmp) / "worker.log"
         try:
-            with worker("garrison.tasks", settings, log, queue="garrison", concurrency=args.concurrency,
+            with worker("garrison.tasks", settings, log, concurrency=args.concurrency,
                         beat=True) as proc, RssSampler(proc.pid) as mem:
                 measure(args, client, proc, mem, rng, out)
         except BaseException:

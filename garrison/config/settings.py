@@ -45,6 +45,10 @@ class Settings:
     # Other pending keys of its tenant a ``process`` task takes into its transaction (single events
     # arriving one at a time are applied in batches all the same); 0 turns it off.
     claim_batch: int = 100
+    # On PostgreSQL, an engine transaction that wrote only what the event log derives again (states,
+    # versions, cursors: no effect, timer, emitted event, run or failure) commits without waiting for the
+    # log flush. A database crash in the next fraction of a second loses it, and it is applied again.
+    engine_async_commit: bool = True
     # The relay re-publishes work committed but not dispatched once it is this old.
     relay_interval: float = 5.0
     relay_after: float = 5.0

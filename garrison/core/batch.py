@@ -95,6 +95,15 @@ class Written:
     changed: int = 0
     failed: int = 0
 
+    @property
+    def derived_only(self) -> bool:
+        """Whether all the batch writes can be derived again from the event log: states, versions and
+        cursors, nothing that leads outside (an effect, a timer, an emitted event, a journey run) and no
+        failure an operator may act on."""
+        return not self.effects and not self.failures and not any(
+            o.timers or o.cancel_timers or o.emits or o.runs for _, _, o in self.outcomes
+        )
+
 
 class Batch:
     """Applies units to the slots of one batch. ``remote``: automations of the fleet this process does

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, and_, func, select, text
 
 from garrison.clock import Clock, as_utc
 from garrison.config import Settings
@@ -99,9 +99,12 @@ class BatchResult:
     # Due times of timers set within the horizon (to publish as ETA tasks), keys that were sent events.
     timer_dues: list[datetime] = field(default_factory=list)
     woken: set[str] = field(default_factory=set)
-    # The keys this transaction held (its own and those it claimed), and keys that now wait for an
-    # automation this process lacks: ``{key: automation}`` (to publish to that automation's queue).
+    # The keys this transaction held (its own and those it claimed); those of them this process should
+    # go on with (more messages than one read, an entity catching up, or events ingested meanwhile); and
+    # keys that now wait for an automation this process lacks: ``{key: automation}`` (to publish to that
+    # automation's queue).
     keys: list[str] = field(default_factory=list)
+    again: set[str] = field(default_factory=set)
     needs: dict[str, str] = field(default_factory=dict)
 
 
@@ -158,6 +161,11 @@ class Engine:
             result.applied, result.changed, result.failed = batch.out.applied, batch.out.changed, batch.out.failed
             moved = {k: q for k, q in batch.cursors.items() if q != cursors[k]}
             written = write_batch(s, self.db, tenant, now, self.settings.timer_horizon, slots, batch.out, moved)
+            if batch.out.derived_only and self.settings.engine_async_commit and self.db.dialect == "postgresql":
+                # Nothing here leads outside the database: lost in a crash before the log reaches the disk,
+                # the batch is applied again from the event log (whose ingest commits were durable), and
+                # any later durable commit flushes it first. Saves the wait for the log flush (2-3 ms).
+                s.execute(text("SET LOCAL synchronous_commit = off"))
             result.effect_ids, result.effect_labels = written.effect_ids, written.effect_labels
             result.timer_dues, result.woken = written.timer_dues, written.woken
             # Keys read to their end leave the pending index, or wait for an automation this process lacks.
@@ -167,13 +175,15 @@ class Engine:
             needs: dict[str, tuple[str, int]] = {}
             for key in locked:
                 if key in cut or key in unread or (last is not None and key > last) or batch.catching_up(key):
+                    result.again.add(key)
                     continue
                 waiting = batch.needs(key)
                 if waiting is None:
                     done[key] = batch.cursors[key]
                 else:
                     needs[key] = (waiting, batch.cursors[key])
-            fresh = fleet.settle(s, self.db, tenant, done, needs, now)
+            kept, fresh = fleet.settle(s, self.db, tenant, done, needs, now)
+            result.again |= kept
             result.needs = {k: needs[k][0] for k in fresh}
         return result
 
@@ -184,12 +194,11 @@ class Engine:
         if not keys:
             return {}
         if self.db.dialect == "postgresql":
-            pgbulk.cursors_init(s, tenant, keys, now)
-        else:
-            self.db.execute_upsert(
-                s, CURSORS, [{"tenant": tenant, "key": k, "processed_seq": 0, "updated_at": now} for k in keys],
-                ["tenant", "key"],
-            )
+            return pgbulk.cursors_lock(s, tenant, keys, now)
+        self.db.execute_upsert(
+            s, CURSORS, [{"tenant": tenant, "key": k, "processed_seq": 0, "updated_at": now} for k in keys],
+            ["tenant", "key"],
+        )
         return dict(s.execute(
             select(CURSORS.c.key, CURSORS.c.processed_seq)
             .where(CURSORS.c.tenant == tenant, CURSORS.c.key.in_(keys))
@@ -253,7 +262,7 @@ class Engine:
         return {(r.automation, r.key): Slot(r.state, r.version, r.cursor, r.status) for r in rows}
 
     def pending(self, tenant: str, keys: Iterable[str]) -> list[str]:
-        """Which of ``keys`` still have work this process can do."""
+        """Which of ``keys`` still have work this process can do (one read of the pending index)."""
         return fleet.still_pending(self.db, tenant, keys, self.registry)
 
 

@@ -130,19 +130,21 @@ def claim(session: Any, db: Database, tenant: str, exclude: set[str], limit: int
 def settle(
     session: Any, db: Database, tenant: str, done: Mapping[str, int], needs: Mapping[str, tuple[str, int]],
     now: datetime,
-) -> set[str]:
-    """Keys applied up to ``done[key]`` leave the pending index (unless an ingest raised them meanwhile);
+) -> tuple[set[str], set[str]]:
+    """Keys applied up to ``done[key]`` leave the pending index, unless an ingest raised them meanwhile;
     keys whose remaining work waits for an automation this process lacks are marked with it. Returns the
-    keys that newly wait for one (to publish to that automation's queue)."""
-    if done:
-        if db.dialect == "postgresql":
-            pgbulk.pending_done(session, tenant, dict(done))
-        else:
-            session.execute(
-                delete(PENDING).where(PENDING.c.tenant == tenant, PENDING.c.key == bindparam("k"),
-                                      PENDING.c.seq <= bindparam("q")),
-                [{"k": k, "q": q} for k, q in done.items()],
-            )
+    keys of ``done`` that stay pending (the caller goes on with them: no task was published for what
+    arrived meanwhile) and the keys that newly wait for an automation (to publish to its queue)."""
+    kept: set[str] = set()
+    if done and db.dialect == "postgresql":
+        kept = pgbulk.pending_done(session, tenant, dict(done))
+    elif done:
+        # SQLite serializes writers: no ingest commits during this transaction, so nothing stays.
+        session.execute(
+            delete(PENDING).where(PENDING.c.tenant == tenant, PENDING.c.key == bindparam("k"),
+                                  PENDING.c.seq <= bindparam("q")),
+            [{"k": k, "q": q} for k, q in done.items()],
+        )
     fresh: set[str] = set()
     if needs:
         before = dict(session.execute(
@@ -156,7 +158,7 @@ def settle(
             update={"needs": lambda ex: ex.needs, "published_at": lambda ex: ex.published_at},
         )
         fresh = {k for k, (name, _) in needs.items() if before.get(k) != name}
-    return fresh
+    return kept, fresh
 
 
 def still_pending(db: Database, tenant: str, keys: Iterable[str], local: Registry) -> list[str]:

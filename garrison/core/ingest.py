@@ -213,10 +213,35 @@ def _write_fresh(
 ) -> None:
     """Give each new event the next sequence number of its key (the stream rows are bumped, and so
     locked, in key order: concurrent batches cannot deadlock), insert the events and mark their keys
-    pending. On PostgreSQL the statements carry their rows as one JSON document (:mod:`garrison.core.pgbulk`)."""
-    pg = db.dialect == "postgresql"
-    if pg:
-        last = pgbulk.streams_bump(session, tenant, counts, now)
+    pending. On PostgreSQL that is ONE statement whose rows travel as one JSON document
+    (:func:`garrison.core.pgbulk.ingest`)."""
+    if db.dialect == "postgresql":
+        ordinal: dict[str, int] = {}
+        rows: list[dict[str, Any]] = []
+        for i in fresh:
+            e = events[i]
+            ordinal[e.key] = ordinal.get(e.key, 0) + 1
+            row: dict[str, Any] = {"k": e.key, "o": ordinal[e.key], "n": e.name, "d": e.data}
+            if e.target is not None:
+                row["t"] = e.target
+            if e.idempotency_key is not None:
+                row["i"] = e.idempotency_key
+            if e.system:
+                row["y"] = True
+            rows.append(row)
+        stored, wake = pgbulk.ingest(session, tenant, rows, now, atomic=atomic)
+        # Within a key, sequence numbers follow the order given.
+        by_key: dict[str, list[tuple[int, int]]] = {}
+        for event_id, key, seq in sorted(stored, key=lambda r: (r[1], r[2])):
+            by_key.setdefault(key, []).append((event_id, seq))
+        taken: dict[str, int] = {}
+        placed: list[tuple[int, int]] = []
+        for i in fresh:
+            key = events[i].key
+            placed.append(by_key[key][taken.get(key, 0)])
+            taken[key] = taken.get(key, 0) + 1
+        ids = [event_id for event_id, _ in placed]
+        seqs = [seq for _, seq in placed]
     else:
         last = dict(db.execute_upsert(
             session, STREAMS,
@@ -225,31 +250,14 @@ def _write_fresh(
             update={"last_seq": lambda ex: STREAMS.c.last_seq + ex.last_seq, "updated_at": now},
             returning=(STREAMS.c.key, STREAMS.c.last_seq),
         ))
-    next_seq = {k: last[k] - counts[k] + 1 for k in counts}
-    seqs: list[int] = []
-    for i in fresh:
-        seqs.append(next_seq[events[i].key])
-        next_seq[events[i].key] += 1
-    # An atomic batch is named by its first sequence number (unique for its key) and carries its size.
-    batch = (seqs[0], len(seqs)) if atomic else (None, None)
-    wake = pgbulk.pending_upsert(session, tenant, last, now) if pg else _pending_upsert(session, db, tenant, last, now)
-    if pg:
-        rows: list[dict[str, Any]] = []
-        for i, seq in zip(fresh, seqs, strict=True):
-            e = events[i]
-            row: dict[str, Any] = {"k": e.key, "s": seq, "n": e.name, "d": e.data}
-            if e.target is not None:
-                row["t"] = e.target
-            if e.idempotency_key is not None:
-                row["i"] = e.idempotency_key
-            if e.system:
-                row["y"] = True
-            if atomic:
-                row["b"], row["z"] = batch
-            rows.append(row)
-        by_key_seq = pgbulk.events_insert(session, tenant, rows, now)
-        ids = [by_key_seq[(events[i].key, seq)] for i, seq in zip(fresh, seqs, strict=True)]
-    else:
+        next_seq = {k: last[k] - counts[k] + 1 for k in counts}
+        seqs = []
+        for i in fresh:
+            seqs.append(next_seq[events[i].key])
+            next_seq[events[i].key] += 1
+        # An atomic batch is named by its first sequence number (unique for its key) and carries its size.
+        batch = (seqs[0], len(seqs)) if atomic else (None, None)
+        wake = _pending_upsert(session, db, tenant, last, now)
         ids = list(session.execute(
             insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True),
             [{"tenant": tenant, "key": events[i].key, "seq": seq, "name": events[i].name, "data": events[i].data,
@@ -266,7 +274,7 @@ def _write_fresh(
 
 
 def _pending_upsert(session: Session, db: Database, tenant: str, last: dict[str, int], now: datetime) -> set[str]:
-    """The portable twin of :func:`garrison.core.pgbulk.pending_upsert` (SQLite)."""
+    """Mark keys pending, as :data:`garrison.core.pgbulk.PENDING_UPSERT` does on PostgreSQL (SQLite)."""
     rows = db.execute_upsert(
         session, PENDING,
         [{"tenant": tenant, "key": k, "seq": last[k], "since": now, "published_at": now} for k in sorted(last)],

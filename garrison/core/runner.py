@@ -48,7 +48,8 @@ class Runner:
             result = engine.process(tenant, pending, claim=self.client.settings.claim_batch)
             results.append(result)
             self.dispatch(tenant, result)
-            pending = engine.pending(tenant, {*pending, *result.keys, *result.woken})
+            # What the batch left (a cut read, events ingested meanwhile) and the keys it sent events to.
+            pending = sorted(result.again | result.woken)
             if not pending:
                 return results
         # A very hot key set: hand the rest to another task rather than hog this worker.

@@ -74,13 +74,19 @@ _INGEST = text("""
     SELECT w.id, w.key, w.seq, coalesce(p.ours, false) AS ours FROM written AS w LEFT JOIN pended AS p ON p.key = w.key
 """.replace("{pending}", PENDING_UPSERT.format(rows="b.key, b.last_seq, :now, :now FROM bumped AS b")))
 # Keys caught up: their pending rows go, unless an ingest raised the sequence meanwhile (that ingest's row
-# lock makes the delete wait for its commit, then re-check). Returns the keys whose row stays: the outer
-# select reads the statement's snapshot, from before the delete. A row an ingest makes after this
-# statement is that ingest's to publish.
+# lock makes the delete wait for its commit, then re-check). The rows are locked in key order first, as
+# every ingest and pulse page locks them, so no two writers can wait for each other in a circle. Returns
+# the keys whose row stays: the outer select reads the statement's snapshot, from before the delete. A row
+# an ingest makes after this statement is that ingest's to publish.
 _PENDING_DONE = text("""
     WITH r AS (SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS r(k text, q bigint) LIMIT :n),
+    ordered AS (
+        SELECT p.key FROM garrison_pending AS p
+        WHERE p.tenant = :tenant AND p.key IN (SELECT r.k FROM r) ORDER BY p.key FOR UPDATE
+    ),
     gone AS (
-        DELETE FROM garrison_pending AS p USING r WHERE p.tenant = :tenant AND p.key = r.k AND p.seq <= r.q
+        DELETE FROM garrison_pending AS p USING r
+        WHERE p.tenant = :tenant AND p.key = r.k AND p.seq <= r.q AND p.key IN (SELECT key FROM ordered)
         RETURNING p.key
     )
     SELECT p.key FROM garrison_pending AS p JOIN r ON p.key = r.k

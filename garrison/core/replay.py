@@ -62,7 +62,7 @@ def replay(
             continue
         after = ""
         while True:
-            with db.session() as s:
+            with db.session(readonly=True) as s:
                 query = select(ENTITIES.c.key, ENTITIES.c.state, ENTITIES.c.cursor).where(
                     ENTITIES.c.tenant == tenant, ENTITIES.c.automation == auto.name, ENTITIES.c.key > after
                 )
@@ -125,7 +125,7 @@ def _rebuild(auto: Automation, tenant: str, key: str, events: Any) -> tuple[Any,
 def check(db: Database, registry: Registry, tenant: str, automation: str, key: str) -> list[Mismatch]:
     """Re-derive every stored version from the one before it and its message."""
     auto = registry.get(automation)
-    with db.session() as s:
+    with db.session(readonly=True) as s:
         versions = s.execute(
             select(VERSIONS.c.version, VERSIONS.c.state, VERSIONS.c.event_id)
             .where(VERSIONS.c.tenant == tenant, VERSIONS.c.automation == automation, VERSIONS.c.key == key)
@@ -138,7 +138,7 @@ def check(db: Database, registry: Registry, tenant: str, automation: str, key: s
         }
     mismatches: list[Mismatch] = []
     prev: Any = None
-    with db.session() as s:
+    with db.session(readonly=True) as s:
         lookup = lookup_in(s, tenant, key)
         for v in versions:
             prev = _check_one(auto, tenant, key, v, events.get(v.event_id), prev, lookup, mismatches)

@@ -152,7 +152,7 @@ def inspect_key(
     them) for ``tenant`` (the settings' tenant by default)."""
     tenant = client.tenant_of(tenant)
     report = KeyReport(tenant=tenant, key=key)
-    with client.db.session() as s:
+    with client.db.session(readonly=True) as s:
         report.last_seq = s.execute(
             select(STREAMS.c.last_seq).where(STREAMS.c.tenant == tenant, STREAMS.c.key == key)
         ).scalar() or 0

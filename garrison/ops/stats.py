@@ -114,7 +114,7 @@ def collect_stats(client: Runtime, *, tenant: str | None = None, window: float =
     def of(name: str) -> AutomationStats:
         return per.setdefault(name, AutomationStats(name))
 
-    with client.db.session() as s:
+    with client.db.session(readonly=True) as s:
         stats.events = s.execute(
             select(func.count()).select_from(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.created_at > since)
         ).scalar_one()
@@ -205,7 +205,7 @@ def _registered(client: Runtime) -> list[str]:
 def count_entities(client: Runtime, automation: str, *, tenant: str | None = None) -> int:
     """How many entities ``automation`` has in the tenant."""
     tenant = client.tenant_of(tenant)
-    with client.db.session() as s:
+    with client.db.session(readonly=True) as s:
         return int(s.execute(
             select(func.count()).select_from(ENTITIES)
             .where(ENTITIES.c.tenant == tenant, ENTITIES.c.automation == automation)
@@ -217,7 +217,7 @@ def entity_keys(
 ) -> list[str]:
     """A page of ``automation``'s entity keys in key order, after ``after`` (keyset paging)."""
     tenant = client.tenant_of(tenant)
-    with client.db.session() as s:
+    with client.db.session(readonly=True) as s:
         return list(s.execute(
             select(ENTITIES.c.key)
             .where(ENTITIES.c.tenant == tenant, ENTITIES.c.automation == automation, ENTITIES.c.key > after)

@@ -8,6 +8,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -19,7 +20,7 @@ from garrison.core.replay import Mismatch, ReplayReport
 from garrison.core.runs import STATUSES
 from garrison.durations import parse_duration
 from garrison.ops import render
-from garrison.ops.inspect import inspect_key, jsonable
+from garrison.ops.inspect import inspect_key, jsonable, past_states
 from garrison.ops.stats import collect_stats, count_entities, entity_keys
 
 
@@ -34,19 +35,33 @@ from garrison.ops.stats import collect_stats, count_entities, entity_keys
 @click.option("--full", is_flag=True, help="Do not cut long states and data.")
 @click.option("--traceback", "tracebacks", is_flag=True, help="Also print the tracebacks of failures and failed runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--version", "version", type=click.IntRange(min=0), metavar="N",
+              help="Time travel: only the state each automation had at its version N.")
+@click.option("--at", "at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+              metavar="TIME", help="Time travel: only the state each automation had at TIME (ISO 8601, UTC "
+              "unless it has an offset).")
 @pass_context
 @reports_errors
 def inspect_command(
     obj: Context, key: str, tenant: str | None, automation: str | None, history: int, limit: int, full: bool,
-    tracebacks: bool, as_json: bool,
+    tracebacks: bool, as_json: bool, version: int | None, at: datetime | None,
 ) -> None:
     """Show what is stored for a key.
 
     State per automation, version history, pending messages, failures, effects, and each journey run:
     its memoized calls, what it waits for, its timers, log, result or error.
 
+    With --version N or --at TIME: the state each automation had then (time travel).
+
     Exits 1 when nothing at all is stored for the key in the tenant.
     """
+    if version is not None or at is not None:
+        states = past_states(obj.client, key, tenant=tenant, automation=automation, version=version, at=at)
+        if as_json:
+            click.echo(json.dumps([jsonable(asdict(p)) for p in states], indent=2, sort_keys=True))
+        else:
+            click.echo(render.past_report(key, states, full=full))
+        return
     report = inspect_key(obj.client, key, tenant=tenant, automation=automation, history=history, limit=limit)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))

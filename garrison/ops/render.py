@@ -9,7 +9,7 @@ from typing import Any
 
 from garrison.core.runs import RunInfo
 from garrison.durations import format_duration
-from garrison.ops.inspect import KeyReport
+from garrison.ops.inspect import KeyReport, PastState
 from garrison.ops.stats import Stats
 
 INDENT = "  "
@@ -51,6 +51,16 @@ def section(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], *
     if not rows:
         return f"{title}: none"
     return f"{title}\n{table(headers, rows, width=width)}"
+
+
+def past_report(key: str, states: Sequence[PastState], *, full: bool = False) -> str:
+    """``garrison inspect KEY --version N``: each automation's state at that point, with what made it."""
+    width = None if full else CELL_WIDTH
+    rows = [
+        (p.automation, p.version or "-", p.message or "(no state yet)", p.seq, p.created_at, p.state)
+        for p in states
+    ]
+    return f"key {key!r}\n" + table(("AUTOMATION", "VERSION", "MESSAGE", "SEQ", "AT", "STATE"), rows, width=width)
 
 
 def key_report(report: KeyReport, *, full: bool = False, tracebacks: bool = False) -> str:

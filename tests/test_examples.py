@@ -52,3 +52,20 @@ def test_the_cart_loop_example_prices_known_items_through_its_command(offline: G
     assert example.main(offline) == "4 items, total 16"
     assert offline.state("cart", "user-1") == {"items": ["apple", "kiwi", "durian", "melon"], "total": 16}
     assert offline.replay("cart").ok
+
+
+def test_the_start_loop_example_reads_every_page_from_a_start_alone(offline: Garrison) -> None:
+    example = load("start_loop")
+    assert example.main(offline) == "4 items from 3 pages (done)"
+    assert offline.state("reader", "news")["items"] == ["garrison 0.1", "pulses", "journeys", "time travel"]
+    assert offline.state("reader", "news", version=1) == {"items": [], "pages": 0, "done": False}
+    assert offline.replay("reader").ok
+
+
+def test_the_start_loop_example_runs_as_a_script_with_nothing_else_running(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GARRISON_")}
+    env["GARRISON_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run([sys.executable, str(EXAMPLES / "start_loop.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "4 items from 3 pages (done)"

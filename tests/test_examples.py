@@ -69,3 +69,24 @@ def test_the_start_loop_example_runs_as_a_script_with_nothing_else_running(tmp_p
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "4 items from 3 pages (done)"
+
+
+def test_the_follow_changes_example_resumes_after_its_cursor_without_repeating_a_change(
+    offline: Garrison, tmp_path: Path
+) -> None:
+    example = load("follow_changes")
+    result = example.main(offline, tmp_path / "tickets.cursor")
+    assert result == {"open": {"T-2": "no coffee", "T-3": "wifi down"}, "handled": 4}
+    assert list(offline.follow("tickets", since=(tmp_path / "tickets.cursor").read_text(), wait=False)) == []
+
+
+def test_the_follow_changes_example_runs_as_a_script_with_nothing_else_running(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GARRISON_")}
+    env["GARRISON_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run([sys.executable, str(EXAMPLES / "follow_changes.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "T-1 v1 opened: - -> open", "T-2 v1 opened: - -> open", "T-1 v2 closed: open -> closed",
+        "T-3 v1 opened: - -> open", "open: ['T-2', 'T-3']",
+    ]

@@ -7,6 +7,7 @@ import sys
 
 from garrison.cli.commands import cli
 from garrison.cli.db import db
+from garrison.cli.follow import follow
 from garrison.cli.ingest import ingest
 from garrison.cli.operate import register, watch
 from garrison.cli.pulses import pulses
@@ -18,6 +19,7 @@ register(cli)
 cli.add_command(pulses)
 pulses.add_command(watch)
 cli.add_command(serve)
+cli.add_command(follow)
 
 
 def main() -> None:

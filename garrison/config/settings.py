@@ -54,6 +54,9 @@ class Settings:
     http_port: int = 8000
     # Request bodies over this size are refused (413) before they are parsed.
     http_max_body_bytes: int = 1024 * 1024
+    # How often a follow reader looks for changes when nothing woke it (SQLite polls; PostgreSQL is woken
+    # by NOTIFY and polls only as a fallback).
+    follow_poll: float = 0.5
     log_level: str = "INFO"
     # text (a line with [tenant=... key=...] after the message) or json (one object per line).
     log_format: str = "text"

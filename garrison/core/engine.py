@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Select, and_, bindparam, func, insert, sel
 
 from garrison.clock import Clock, as_utc
 from garrison.config import Settings
-from garrison.core import pgbulk
+from garrison.core import feed, pgbulk
 from garrison.core.contract import ApplyContext, Message, Outcome
 from garrison.core.db import Database
 from garrison.core.ingest import EventIn, write_events
@@ -278,7 +278,10 @@ class Engine:
         if versions and pg:
             pgbulk.versions_insert(s, tenant, versions, now)
         elif versions:
-            s.execute(insert(VERSIONS), versions)
+            txid = feed.sqlite_txid(s, tenant)
+            s.execute(insert(VERSIONS), [{**v, "txid": txid} for v in versions])
+        if versions:
+            feed.notify(s, self.db, tenant)
         if failures:
             s.execute(insert(FAILURES), failures)
         if effects:

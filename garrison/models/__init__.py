@@ -29,5 +29,7 @@ __all__ = [
 
 # Pulse tables live in their own module; importing it registers them with ``metadata``.
 from garrison.models.pulses import LEASES, PULSE_SLOTS, SCHEDULES, Lease, PulseSlot, Schedule
+from garrison.models.retention import RETENTION, RetentionMark  # where retention stands per tenant and rule
 
 __all__ += ["LEASES", "PULSE_SLOTS", "SCHEDULES", "Lease", "PulseSlot", "Schedule"]
+__all__ += ["RETENTION", "RetentionMark"]

@@ -6,7 +6,8 @@
 - ``Cursor``: the worker side of a key: the last sequence applied. Workers lock this row (never the
   stream's), so an ingest never waits for a worker.
 - ``Entity``: one automation's state for one key, with its version and cursor.
-- ``StateVersion``: the full history of an entity's states, with the message that produced each.
+- ``StateVersion``: the history of an entity's states, with the message that produced each and a
+  commit-safe ``txid`` the change feed resumes from; retention keeps the recent part of it.
 - ``Effect``: the outbox: side effects written with the state change that caused them.
 - ``Failure``: a message a handler refused by raising, with its traceback, retryable.
 - ``Timer``: a durable timer (a journey's wait timeout or sleep). Within the horizon it is also an ETA
@@ -52,6 +53,8 @@ class Event(SQLModel, table=True):
         UniqueConstraint("tenant", "key", "seq", name="uq_garrison_events_key_seq"),
         UniqueConstraint("tenant", "idempotency_key", name="uq_garrison_events_idempotency"),
         Index("ix_garrison_events_tenant_name", "tenant", "name"),
+        # Retention finds old events through it (garrison.core.retention).
+        Index("ix_garrison_events_created", "tenant", "created_at"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -100,6 +103,8 @@ class Entity(SQLModel, table=True):
 
 class StateVersion(SQLModel, table=True):
     __tablename__ = "garrison_state_versions"
+    # The change feed (``follow``) and retention walk versions in ``txid`` order (garrison.core.feed).
+    __table_args__ = (Index("ix_garrison_state_versions_txid", "tenant", "txid"),)
 
     tenant: str = _tenant()
     key: str = Field(sa_column=Column(String(255), primary_key=True))
@@ -111,6 +116,10 @@ class StateVersion(SQLModel, table=True):
     event_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     created_at: datetime = _when()
+    # A commit-safe position for the change feed: on PostgreSQL the writing transaction's id (at least that
+    # of the entity's previous version), on SQLite a counter bumped by each writing transaction. 0: written
+    # before the feed existed.
+    txid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 class Effect(SQLModel, table=True):
@@ -138,7 +147,10 @@ class Effect(SQLModel, table=True):
 
 class Failure(SQLModel, table=True):
     __tablename__ = "garrison_failures"
-    __table_args__ = (Index("ix_garrison_failures_key", "tenant", "key", "status"),)
+    __table_args__ = (
+        Index("ix_garrison_failures_key", "tenant", "key", "status"),
+        Index("ix_garrison_failures_status", "tenant", "status", "created_at"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     tenant: str = Field(sa_column=Column(String(64), nullable=False))
@@ -183,6 +195,9 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("tenant", "automation", "key", "number", name="uq_garrison_runs_number"),
         Index("ix_garrison_runs_status", "tenant", "status", "automation"),
+        # Retention: ended runs by age, and whether a key has a live run (whose look-back keeps its events).
+        Index("ix_garrison_runs_ended", "tenant", "status", "ended_at"),
+        Index("ix_garrison_runs_key", "tenant", "key", "status"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))

@@ -34,6 +34,7 @@ from garrison.automations.nodes.events import (
     check_type,
 )
 from garrison.automations.nodes.events import select as select_path
+from garrison.core import feed
 from garrison.core.db import Database
 from garrison.core.jsondata import JSON, clone_json, json_equal
 from garrison.core.runtime import Runtime, default_client
@@ -148,10 +149,13 @@ def set_state(client: Runtime, node: NodeSpec, fn: Callable[..., Any] | Mapping[
             ))
         else:
             s.execute(_UPDATE, {**at, "s": new, "v": version, "now": now})
-        s.execute(insert(VERSIONS), {
-            "tenant": tenant, "key": key, "automation": system, "version": version, "state": new, "message": "set",
-            "data": None, "event_id": None, "seq": None, "created_at": now,
-        })
+        txid = (feed.txid_expression(tenant, key, system, version) if db.dialect == "postgresql"
+                else feed.sqlite_txid(s, tenant))
+        s.execute(insert(VERSIONS).values(
+            tenant=tenant, key=key, automation=system, version=version, state=new, message="set", data=None,
+            event_id=None, seq=None, created_at=now, txid=txid,
+        ))
+        feed.notify(s, db, tenant)
     return NodeSnapshot(key, new, version)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from garrison.core import runtime
 from garrison.core.feed import Change, Follow
 from garrison.core.ingest import IngestedEvent
+from garrison.core.retention import PruneReport, prune
 from garrison.core.runner import Runner
 from garrison.core.runtime import Runtime
 from garrison.pulses.admin import PulseInfo, get_pulse, list_pulses, remove_pulse, save_pulse, set_paused
@@ -57,6 +58,13 @@ class Garrison(Runtime):
             self.db, self.tenant_of(tenant), automation=automation, since=since, wait=wait,
             idle_timeout=idle_timeout, poll=self.settings.follow_poll,
         )
+
+    def prune(self, *, tenant: str | None = None, dry_run: bool = False) -> PruneReport:
+        """Delete what the retention windows (``GARRISON_RETENTION_*``) let go, for one tenant or every one,
+        in small batches; with ``dry_run``, count it instead. Beat does this every ``retention_interval``
+        seconds (:mod:`garrison.core.retention` says what each rule keeps)."""
+        tenants = None if tenant is None else [self.tenant_of(tenant)]
+        return prune(self.db, self.settings, self.clock.now(), tenants=tenants, dry_run=dry_run)
 
 
     # -- pulses -----------------------------------------------------------------------------------

@@ -114,6 +114,7 @@ def replay(
     if as_json:
         click.echo(json.dumps({
             "entities": report.entities, "events": report.events, "ok": not mismatches, "skipped": report.skipped,
+            "from_snapshots": report.from_snapshots,
             "mismatches": [asdict(m) for m in report.mismatches],
             "versions_checked": checked, "version_mismatches": [asdict(m) for m in history],
         }, indent=2, sort_keys=True))
@@ -121,6 +122,9 @@ def replay(
         verdict = "every stored state reproduced" if report.ok else f"{len(report.mismatches)} mismatched"
         summary = f"{_count(report.entities, 'entity', 'entities')}, {_count(report.events, 'event')}"
         click.echo(f"checked {summary}: {verdict}")
+        if report.from_snapshots:
+            click.echo(f"{_count(report.from_snapshots, 'entity', 'entities')} replayed from the oldest state version "
+                       "kept (retention deleted their oldest events)")
         for name in report.skipped:
             click.echo(f"skipped {name}: its state may change outside the event log (not rebuilt from it)")
         for m in report.mismatches:
@@ -152,6 +156,7 @@ def _replay_with_progress(obj: Context, automation: str | None, tenant: str | No
                     report.entities += part.entities
                     report.events += part.events
                     report.mismatches += part.mismatches
+                    report.from_snapshots += part.from_snapshots
                     bar.update(1)
                 after = keys[-1]
     return report

@@ -23,6 +23,7 @@ from garrison.core.publisher import NullPublisher
 from garrison.errors import ConfigurationError, CursorExpired, NotFound
 from garrison.models import EFFECTS, EVENTS, FAILURES, RUNS, TIMERS, VERSIONS
 from garrison.models.pulses import PULSE_SLOTS
+from garrison.ops.stats import collect_stats
 from garrison.pulses.fanout import fan_out_chunk, open_slot, save_schedule
 from garrison.pulses.schedules import PulseSchedule
 from tests.harness import WorkerProcess, child_env, wait_until
@@ -275,3 +276,30 @@ def test_every_retention_statement_can_find_its_rows_through_an_index_on_postgre
             compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
             plan = json.dumps(conn.execute(text(f"EXPLAIN (FORMAT JSON) {compiled}")).scalar_one())
             assert "Seq Scan" not in plan and "Index" in plan, f"{rule}: {plan}"
+
+
+def test_stats_show_each_tables_size_and_the_oldest_row_its_retention_rule_keeps(
+    backend: str, client: Garrison
+) -> None:
+    for n in range(3):
+        add(client, "k", n)
+    client.run_pending(effects=False)
+    later(client, 2 * DAY)
+    add(client, "k", 9)
+    client.run_pending(effects=False)
+    client.prune()
+    if backend == "postgres":
+        with client.db.engine.begin() as conn:
+            conn.execute(text("ANALYZE"))  # row counts are the planner's estimates there
+
+    stats = collect_stats(client)
+
+    tables = {t.table: t for t in stats.tables}
+    events = tables["garrison_events"]
+    assert (events.rule, events.window_days, events.oldest, events.rows) == ("events", 1.0, START + 2 * DAY, 1)
+    assert events.bytes is None or events.bytes > 0
+    assert tables["garrison_state_versions"].oldest == START                 # the last 2 before the window
+    assert tables["garrison_streams"].rule is None and tables["garrison_streams"].rows == 1
+    shown = CliRunner().invoke(cli, ["stats"], env=child_env(client.settings))
+    assert shown.exit_code == 0, shown.output
+    assert "Storage" in shown.output and "garrison_events" in shown.output and "1 days" in shown.output

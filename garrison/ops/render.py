@@ -333,6 +333,15 @@ def stats_report(stats: Stats) -> str:
           f"{a.effects_dispatched:,}", f"{a.effects_failed:,}", f"{a.timers_pending:,}") for a in stats.automations],
         width=None,
     ))
+    if stats.tables:
+        parts.append(section(
+            "Storage (rows and size: every tenant's; oldest: this tenant's row under the table's retention rule)",
+            ("TABLE", "ROWS", "SIZE", "RETENTION", "OLDEST KEPT"),
+            [(t.table, "-" if t.rows is None else f"{t.rows:,}", _size(t.bytes),
+              "-" if t.window_days is None else ("forever" if not t.window_days else f"{t.window_days:g} days"),
+              t.oldest) for t in stats.tables],
+            width=None,
+        ))
     if stats.pulses:
         parts.append(section(
             "Pulses running",
@@ -342,3 +351,15 @@ def stats_report(stats: Stats) -> str:
             width=None,
         ))
     return "\n\n".join(parts)
+
+
+def _size(value: int | None) -> str:
+    """Bytes as ``812 B``, ``4.0 KB``, ``1.2 MB``..."""
+    if value is None:
+        return "-"
+    amount, unit = float(value), "B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if amount < 1024 or unit == "GB":
+            break
+        amount /= 1024
+    return f"{amount:,.0f} B" if unit == "B" else f"{amount:,.1f} {unit}"

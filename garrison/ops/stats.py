@@ -1,7 +1,8 @@
 """Operating figures for one tenant, read from SQL (the source of truth), for ``garrison stats``.
 
 How fast events come in, how much work waits (messages past their key's cursor, timers due, effects not
-done), what failed per automation, and which pulse slots are fanning out. Every query is filtered by the
+done), what failed per automation, which pulse slots are fanning out, and how big each table is with the
+oldest row its retention rule keeps (:mod:`garrison.ops.storage`). Every query is filtered by the
 tenant; nothing here needs a worker or the broker, so the figures are right even when the fleet is down
 (that is when they matter).
 """
@@ -21,6 +22,7 @@ from garrison.errors import GarrisonError, ValidationError
 from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, STREAMS, TIMERS, VERSIONS
 from garrison.models.pulses import PULSE_SLOTS
 from garrison.ops.inspect import jsonable
+from garrison.ops.storage import TableStorage, storage
 
 __all__ = ["AutomationStats", "PulseProgress", "Stats", "collect_stats", "count_entities", "entity_keys"]
 
@@ -80,6 +82,8 @@ class Stats:
     failures: int = 0
     pulses: list[PulseProgress] = field(default_factory=list)
     automations: list[AutomationStats] = field(default_factory=list)
+    # garrison's tables: sizes (every tenant's) and the tenant's oldest row under each retention rule.
+    tables: list[TableStorage] = field(default_factory=list)
 
     @property
     def events_per_second(self) -> float:
@@ -184,6 +188,7 @@ def collect_stats(client: Runtime, *, tenant: str | None = None, window: float =
         ]
 
     stats.automations = [per[name] for name in sorted(per)]
+    stats.tables = storage(client, tenant)
     for a in stats.automations:
         stats.timers_pending += a.timers_pending
         stats.effects_pending += a.effects_pending

@@ -10,6 +10,9 @@ from pathlib import Path
 from types import ModuleType
 
 from garrison.client import Garrison
+from garrison.clock import FrozenClock
+from garrison.config import Settings
+from garrison.core.publisher import NullPublisher
 from tests.harness import ROOT
 
 EXAMPLES = ROOT / "examples"
@@ -89,4 +92,29 @@ def test_the_follow_changes_example_runs_as_a_script_with_nothing_else_running(t
     assert done.stdout.splitlines() == [
         "T-1 v1 opened: - -> open", "T-2 v1 opened: - -> open", "T-1 v2 closed: open -> closed",
         "T-3 v1 opened: - -> open", "open: ['T-2', 'T-3']",
+    ]
+
+
+def test_the_xstate_machine_example_pays_one_checkout_and_expires_the_other_on_its_timer(settings: Settings) -> None:
+    client = Garrison(settings, publisher=NullPublisher(), clock=FrozenClock())
+    try:
+        result = load("xstate_machine").main(client)
+        assert result == {
+            "alice": ("paid", "done", {"items": ["kiwi"], "total": 4, "short": 1}),
+            "bob": ("expired", "done", {"items": ["kiwi"], "total": 4}),
+        }
+        assert client.replay("checkout").ok
+    finally:
+        client.db.dispose()
+
+
+def test_the_xstate_machine_example_runs_as_a_script_with_nothing_else_running(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GARRISON_")}
+    env["GARRISON_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run([sys.executable, str(EXAMPLES / "xstate_machine.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "alice: paid {'items': ['kiwi'], 'total': 4, 'short': 1}",
+        "bob: expired {'items': ['kiwi'], 'total': 4}",
     ]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, bindparam, delete, exists, func, insert, select, text, tuple_, update
+from sqlalchemy import CursorResult, Select, bindparam, delete, func, insert, literal, select, text, tuple_, update
 
 from garrison.clock import as_utc
 from garrison.config import Settings
@@ -123,35 +123,38 @@ def events_to_delete(tenant: str, cutoff: datetime, limit: int) -> Select[tuple[
     """The ids of up to ``limit`` events of ``tenant`` that may go: older than ``cutoff``, behind the key's
     cursor, outside every live or failed run's look-back, not the message of a failure waiting for a retry.
 
-    Merge note (per-entity catch-up): add "and no entity of the key is behind it" here, e.g.
-    ``~exists().where(ENTITIES.c.tenant == tenant, ENTITIES.c.key == EVENTS.c.key, <behind>,
-    ENTITIES.c.cursor < EVENTS.c.seq)``."""
-    behind_cursor = exists().where(
-        CURSORS.c.tenant == tenant, CURSORS.c.key == EVENTS.c.key, CURSORS.c.processed_seq >= EVENTS.c.seq,
-    )
-    in_a_live_run = exists().where(
+    Merge note (per-entity catch-up): add "and no entity of the key is behind it" here, in the same shape
+    as the others: ``select(literal(1)).where(ENTITIES.c.tenant == tenant, ENTITIES.c.key == EVENTS.c.key,
+    <behind>, ENTITIES.c.cursor < EVENTS.c.seq).limit(1).scalar_subquery().is_(None)``."""
+    # Correlated scalar subqueries, not EXISTS: PostgreSQL may turn an EXISTS into a hash join that scans
+    # every cursor (or run) of the tenant; a scalar subquery stays one index probe per old event it reads.
+    applied_up_to = select(CURSORS.c.processed_seq).where(
+        CURSORS.c.tenant == tenant, CURSORS.c.key == EVENTS.c.key).scalar_subquery()
+    live_run = select(literal(1)).where(
         RUNS.c.tenant == tenant, RUNS.c.key == EVENTS.c.key, RUNS.c.status.in_(LIVE_RUNS),
         RUNS.c.trigger["seq"].as_integer() < EVENTS.c.seq,
-    )
-    failed_message = exists().where(
+    ).limit(1).scalar_subquery()
+    waiting_failure = select(literal(1)).where(
         FAILURES.c.tenant == tenant, FAILURES.c.key == EVENTS.c.key, FAILURES.c.status == "failed",
         FAILURES.c.event_id == EVENTS.c.id,
-    )
+    ).limit(1).scalar_subquery()
     return (
         select(EVENTS.c.id)
-        .where(EVENTS.c.tenant == tenant, EVENTS.c.created_at < cutoff, behind_cursor, ~in_a_live_run,
-               ~failed_message)
+        .where(EVENTS.c.tenant == tenant, EVENTS.c.created_at < cutoff, EVENTS.c.seq <= applied_up_to,
+               live_run.is_(None), waiting_failure.is_(None))
         .order_by(EVENTS.c.created_at)
         .limit(limit)
     )
 
 
 def _final(table: Any, statuses: Sequence[str], when: Any) -> Finder:
-    """The finder of a table whose rows go once their status is final and ``when`` is past the window."""
+    """The finder of a table whose rows go once their status is final and ``when`` is past the window.
+    Unordered: with several statuses an order by ``when`` would make PostgreSQL sort every old row of the
+    index's ranges (or scan the table) to return the first ``limit``; any ``limit`` of them will do."""
 
     def find(tenant: str, cutoff: datetime, limit: int) -> Select[tuple[int]]:
         return (select(table.c.id).where(table.c.tenant == tenant, table.c.status.in_(statuses), when < cutoff)
-                .order_by(when).limit(limit))
+                .limit(limit))
 
     return find
 

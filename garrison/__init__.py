@@ -22,6 +22,7 @@ from garrison.client import Garrison, configure, default_client
 from garrison.clock import FrozenClock, SystemClock
 from garrison.config import Settings
 from garrison.core.contract import Automation, Message
+from garrison.core.feed import Change, Follow
 from garrison.core.ingest import IngestedEvent
 from garrison.core.publisher import NullPublisher, Publisher
 from garrison.core.replay import Mismatch, ReplayReport
@@ -31,6 +32,7 @@ from garrison.errors import (
     ActorError,
     ActorLocked,
     ConfigurationError,
+    CursorExpired,
     DefinitionError,
     DeterminismError,
     EventFailed,
@@ -53,13 +55,16 @@ __all__ = [
     "ActorError",
     "ActorLocked",
     "Automation",
+    "Change",
     "Command",
     "CommandContext",
     "ConfigurationError",
+    "CursorExpired",
     "DefinitionError",
     "Delivery",
     "DeterminismError",
     "EventFailed",
+    "Follow",
     "FrozenClock",
     "Garrison",
     "GarrisonError",

@@ -13,13 +13,15 @@ from datetime import timedelta
 from typing import Any
 
 from garrison.core import runtime
+from garrison.core.feed import Change, Follow
 from garrison.core.ingest import IngestedEvent
+from garrison.core.retention import PruneReport, prune
 from garrison.core.runner import Runner
 from garrison.core.runtime import Runtime
 from garrison.pulses.admin import PulseInfo, get_pulse, list_pulses, remove_pulse, save_pulse, set_paused
 from garrison.pulses.schedules import PulseSchedule
 
-__all__ = ["Garrison", "IngestedEvent", "configure", "default_client"]
+__all__ = ["Change", "Follow", "Garrison", "IngestedEvent", "configure", "default_client"]
 
 
 class Garrison(Runtime):
@@ -33,6 +35,36 @@ class Garrison(Runtime):
         """Apply every pending message of a tenant in this process, with no worker, and perform the
         effects inline. For scripts, tests and notebooks; production leaves this to the workers."""
         return Runner(self).run_pending(tenant, effects=effects)
+
+    def follow(
+        self,
+        automation: str | None = None,
+        *,
+        since: str | None = None,
+        tenant: str | None = None,
+        wait: bool = True,
+        idle_timeout: float | None = None,
+    ) -> Follow:
+        """The live change feed (casern's ``follow``): every stored state version of the tenant (of one
+        ``automation``, or all), in order, as :class:`Change` objects (key, version, prev, current, the
+        message and its data, and a ``cursor``).
+
+        ``since``: None starts from the oldest version kept, ``"now"`` with what is committed from now on,
+        and a change's ``cursor`` right after that change: a reader that stores the cursor of what it handled
+        resumes after a restart without missing or repeating a version. It waits for new changes (woken by
+        PostgreSQL's NOTIFY, polling on SQLite); ``wait=False`` stops once caught up, ``idle_timeout`` after
+        that many seconds with nothing new. A cursor behind what retention deleted raises CursorExpired."""
+        return Follow(
+            self.db, self.tenant_of(tenant), automation=automation, since=since, wait=wait,
+            idle_timeout=idle_timeout, poll=self.settings.follow_poll,
+        )
+
+    def prune(self, *, tenant: str | None = None, dry_run: bool = False) -> PruneReport:
+        """Delete what the retention windows (``GARRISON_RETENTION_*``) let go, for one tenant or every one,
+        in small batches; with ``dry_run``, count it instead. Beat does this every ``retention_interval``
+        seconds (:mod:`garrison.core.retention` says what each rule keeps)."""
+        tenants = None if tenant is None else [self.tenant_of(tenant)]
+        return prune(self.db, self.settings, self.clock.now(), tenants=tenants, dry_run=dry_run)
 
 
     # -- pulses -----------------------------------------------------------------------------------

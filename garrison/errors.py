@@ -10,6 +10,7 @@
     ├── DefinitionError         an automation defined wrongly (names the automation and the part)
     ├── UnknownAutomation       a name the registry does not have
     ├── NotFound                an entity, failure or run that does not exist for this tenant
+    │   └── CursorExpired       a follow cursor behind what retention deleted (names the field)
     ├── ReplayMismatch          a replay or determinism check found a stored state it cannot reproduce
     ├── DeterminismError        a journey's code no longer makes the calls its live run's history recorded
     ├── VersionMismatch         a statechart event or snapshot of another machine version (names both)
@@ -68,6 +69,11 @@ class UnknownAutomation(GarrisonError):
 
 class NotFound(GarrisonError):
     """The thing asked for does not exist for this tenant."""
+
+
+class CursorExpired(NotFound):
+    """A ``follow`` cursor from before versions retention has deleted: resuming there would skip them, so
+    it is refused. ``field`` is ``since``."""
 
 
 class ReplayMismatch(GarrisonError):

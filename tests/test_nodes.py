@@ -148,6 +148,73 @@ def test_set_stores_each_state_as_the_next_version_with_a_history_row_that_inspe
     assert [(v.version, v.message, v.state["count"]) for v in report.versions] == [(1, "set", 1), (2, "set", 2)]
 
 
+def test_set_with_a_dict_replaces_the_whole_state_from_outside_and_in_a_handler_as_happen_does(
+    offline: Garrison,
+) -> None:
+    counter.state.set(lambda s: {"count": 3, "note": "old"})
+    replaced = counter.state.set({"count": 7})                       # Happen: orderNode.state.set({ ... })
+    assert (replaced.version, counter.state.get()) == (2, {"count": 7})   # replaced, not merged
+
+    mesh.send("inventory", "stock.replaced", {"replace": {"kiwi": 5}}, client=offline)
+    assert offline.run_pending() == 1
+    assert inventory.state.snapshot().state == {"kiwi": 5}           # the handler's dict replaced its record
+    assert count(offline, FAILURES) == 0
+
+
+def test_set_with_something_neither_a_function_nor_a_dict_is_refused_naming_the_state(offline: Garrison) -> None:
+    for bad in (42, ["count", 1], "count"):
+        with pytest.raises(ValidationError) as refused:
+            counter.state.set(bad)  # type: ignore[arg-type]
+        assert refused.value.field == "state" and "a dict that replaces it" in refused.value.message
+    assert counter.state.snapshot().version == 0
+    assert count(offline, VERSIONS) == 0
+
+
+def test_generator_and_async_handlers_are_refused_when_defined_naming_the_handler() -> None:
+    system = Nodes("progress")
+    worker_node = system.node("worker")
+
+    def chunks(event: NodeEvent, node: Any) -> Iterator[dict[str, int]]:
+        yield {"progress": 50}
+
+    async def later(event: NodeEvent, node: Any) -> None:
+        return None
+
+    async def stream(event: NodeEvent, node: Any) -> Any:
+        yield {"progress": 50}
+
+    for fn, kind in ((chunks, "a generator"), (later, "an async function"), (stream, "an async generator")):
+        with pytest.raises(DefinitionError) as refused:
+            worker_node.on("work")(fn)
+        assert f"handler {fn.__name__!r} of node 'worker' is {kind}" in refused.value.message
+        assert refused.value.context["part"] == "worker"
+    assert worker_node.handlers == []
+
+
+def test_a_handler_object_that_returns_a_generator_fails_its_message_instead_of_being_skipped(
+    nodes_settings: Settings,
+) -> None:
+    system = Nodes("wrapped")
+    node = system.node("n", initial={"done": False})
+
+    class Wrapper:  # a callable object: inspect cannot tell it makes a generator until it is called
+        def __call__(self, event: NodeEvent, ctx: Any) -> Iterator[None]:
+            ctx.state.set({"done": True})
+            yield None
+
+    node.on("work")(Wrapper())
+    client = Garrison(nodes_settings, automations=[system], publisher=NullPublisher())
+    try:
+        system.send("n", "work", client=client)
+        client.run_pending()
+        assert node.state.get(client=client) == {"done": False}
+        with client.db.session() as s:
+            failure = s.execute(select(FAILURES.c.error_type, FAILURES.c.error)).one()
+        assert failure.error_type == "TypeError" and "returned a generator instead of running" in failure.error
+    finally:
+        client.db.dispose()
+
+
 def test_views_and_collect_give_none_for_the_node_itself_and_unknown_nodes_and_committed_state_otherwise(
     offline: Garrison,
 ) -> None:

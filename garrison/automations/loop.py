@@ -1,7 +1,9 @@
 """Update loops, after go-state: ``init`` / ``update`` / optional ``view``, commands as side effects.
 
 ``init() -> (model, commands)`` runs only when an entity has no snapshot yet (go-state's Aggregate
-mode: a loaded snapshot skips init's commands). ``update(model, message) -> (model, commands)`` runs
+mode: a loaded snapshot skips init's commands): on the entity's first message, or when
+:meth:`UpdateLoop.start` starts it without one (go-state's ``Run``, which executes ``Init`` and its
+commands at once). ``update(model, message) -> (model, commands)`` runs
 for each message in order. A command is data (``loop.cmd("fetch", 42)``) naming a function registered
 with ``@loop.command``; it runs after commit, and the messages it returns are ingested back for the
 same key, in order. ``None`` messages and commands are ignored. The snapshot is written only when
@@ -11,6 +13,7 @@ same key, in order. ``None`` messages and commands are ignored. The snapshot is 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +28,12 @@ from garrison.core.contract import (
     Outcome,
     Route,
 )
+from garrison.core.ingest import IngestedEvent
 from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
+from garrison.core.runtime import default_client
 from garrison.errors import DefinitionError
+
+START = "garrison/loop.start"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +126,25 @@ class UpdateLoop(Automation):
             raise DefinitionError(f"no command {name!r}", automation=self.name, part=name)
         return Command(name, args)
 
+    def start(self, key: str, *, client: EffectClient | None = None, tenant: str | None = None) -> IngestedEvent:
+        """Start the loop at ``key`` without waiting for a message: create the entity, run ``init`` and
+        perform its commands (go-state's ``Run``). Idempotent: a second call (or a start after the entity
+        got its first message) changes nothing; the result is then the first start event, ``duplicate``.
+
+        The start is a ``garrison/loop.start`` event targeted at this loop, applied in order with the
+        key's other messages by whatever worker runs the loop (or ``client.run_pending()``), so every
+        guarantee of a message holds: exactly once, under the key's lock, its commands with idempotency
+        keys. ``update`` never sees it."""
+        return (client or default_client()).ingest(
+            START, key, {}, tenant=tenant, idempotency_key=self._start_key(key), target=self.name, system=True,
+        )
+
+    def _start_key(self, key: str) -> str:
+        """``garrison/loop.start/<loop>/<key>``: one per entity and tenant (ingest dedupes per tenant); a
+        digest when the names are too long for the 255 characters of an idempotency key."""
+        text = f"{START}/{self.name}/{key}"
+        return text if len(text) <= 255 else f"{START}/{hashlib.sha256(text.encode()).hexdigest()}"
+
     def view(self, model: JSON) -> Any:
         return model if self.view_fn is None else self.view_fn(clone_json(model))
 
@@ -132,14 +158,22 @@ class UpdateLoop(Automation):
 
     def apply(self, state: JSON, message: Message, ctx: ApplyContext) -> Outcome:
         commands: list[Command] = []
-        if ctx.version == 0 and state is None:
+        fresh = ctx.version == 0 and state is None
+        if message.name == START and message.target == self.name:
+            if not fresh:  # started already (by an earlier start, or lazily by its first message)
+                return Outcome(state=state, changed=False, label=message.name)
             model, cmds = self.init()
             commands += _commands(cmds, self.name)
+            model = ensure_json(model, f"the model returned by {self.name}.init")
         else:
-            model = clone_json(state)
-        model, cmds = self.update(model, message)
-        commands += _commands(cmds, self.name)
-        model = ensure_json(model, f"the model returned by {self.name}.update")
+            if fresh:
+                model, cmds = self.init()
+                commands += _commands(cmds, self.name)
+            else:
+                model = clone_json(state)
+            model, cmds = self.update(model, message)
+            commands += _commands(cmds, self.name)
+            model = ensure_json(model, f"the model returned by {self.name}.update")
         effects = [
             EffectSpec("command", {"command": c.name, "args": ensure_json(list(c.args), f"command {c.name} args")})
             for c in commands

@@ -8,6 +8,7 @@ import sys
 from garrison.cli.commands import cli
 from garrison.cli.db import db
 from garrison.cli.fleet import automations, skip
+from garrison.cli.follow import follow
 from garrison.cli.ingest import ingest
 from garrison.cli.operate import register, watch
 from garrison.cli.pulses import pulses
@@ -21,6 +22,7 @@ pulses.add_command(watch)
 cli.add_command(serve)
 cli.add_command(skip)
 cli.add_command(automations)
+cli.add_command(follow)
 
 
 def main() -> None:

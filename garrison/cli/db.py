@@ -1,5 +1,5 @@
 """``garrison db``: make garrison's tables ready (``init``), migrate them (``upgrade``), print their revision
-(``current``) and compare them with the models (``check``).
+(``current``), compare them with the models (``check``) and delete what retention lets go (``prune``).
 
 Each command imports :mod:`garrison.ops.migrate` (alembic) when it runs, so the rest of the CLI starts
 without it."""
@@ -10,6 +10,7 @@ import click
 
 from garrison.cli.commands import Context, fail, pass_context, reports_errors
 from garrison.config import Settings
+from garrison.ops import render
 
 
 @click.group()
@@ -74,6 +75,24 @@ def db_check(obj: Context) -> None:
     """Exit 1 (listing the differences) when garrison's tables differ from its models."""
     _check_schema(obj.settings)
     click.echo("garrison tables match the models")
+
+
+@db.command("prune")
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+@click.option("--tenant", help="Only this tenant (default: every tenant).")
+@pass_context
+@reports_errors
+def db_prune(obj: Context, dry_run: bool, tenant: str | None) -> None:
+    """Delete what the retention windows let go, now (beat does it every GARRISON_RETENTION_INTERVAL).
+
+    Prints the rows per tenant and table. Windows are GARRISON_RETENTION_<TABLE>_DAYS (0 keeps a table's
+    rows forever); each statement deletes at most GARRISON_RETENTION_BATCH rows in a short transaction.
+    """
+    report = obj.client.prune(tenant=tenant, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    rows = [(t, rule, n) for t, per in sorted(report.deleted.items()) for rule, n in per.items()]
+    click.echo(render.table(("TENANT", "TABLE", verb.upper().replace(" ", "_")), rows) if rows else "no tenants")
+    click.echo(f"{verb} {report.total} rows")
 
 
 def _check_schema(settings: Settings) -> None:

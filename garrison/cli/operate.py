@@ -8,6 +8,7 @@ import shlex
 import sys
 import time
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -19,7 +20,7 @@ from garrison.core.replay import Mismatch, ReplayReport
 from garrison.core.runs import STATUSES
 from garrison.durations import parse_duration
 from garrison.ops import render
-from garrison.ops.inspect import inspect_key, jsonable
+from garrison.ops.inspect import inspect_key, jsonable, past_states
 from garrison.ops.stats import collect_stats, count_entities, entity_keys
 
 
@@ -34,19 +35,33 @@ from garrison.ops.stats import collect_stats, count_entities, entity_keys
 @click.option("--full", is_flag=True, help="Do not cut long states and data.")
 @click.option("--traceback", "tracebacks", is_flag=True, help="Also print the tracebacks of failures and failed runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("--version", "version", type=click.IntRange(min=0), metavar="N",
+              help="Time travel: only the state each automation had at its version N.")
+@click.option("--at", "at", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+              metavar="TIME", help="Time travel: only the state each automation had at TIME (ISO 8601, UTC "
+              "unless it has an offset).")
 @pass_context
 @reports_errors
 def inspect_command(
     obj: Context, key: str, tenant: str | None, automation: str | None, history: int, limit: int, full: bool,
-    tracebacks: bool, as_json: bool,
+    tracebacks: bool, as_json: bool, version: int | None, at: datetime | None,
 ) -> None:
     """Show what is stored for a key.
 
     State per automation, version history, pending messages, failures, effects, and each journey run:
     its memoized calls, what it waits for, its timers, log, result or error.
 
+    With --version N or --at TIME: the state each automation had then (time travel).
+
     Exits 1 when nothing at all is stored for the key in the tenant.
     """
+    if version is not None or at is not None:
+        states = past_states(obj.client, key, tenant=tenant, automation=automation, version=version, at=at)
+        if as_json:
+            click.echo(json.dumps([jsonable(asdict(p)) for p in states], indent=2, sort_keys=True))
+        else:
+            click.echo(render.past_report(key, states, full=full))
+        return
     report = inspect_key(obj.client, key, tenant=tenant, automation=automation, history=history, limit=limit)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, sort_keys=True))
@@ -101,6 +116,7 @@ def replay(
     if as_json:
         click.echo(json.dumps({
             "entities": report.entities, "events": report.events, "ok": not mismatches, "skipped": report.skipped,
+            "from_snapshots": report.from_snapshots,
             "mismatches": [asdict(m) for m in report.mismatches],
             "versions_checked": checked, "version_mismatches": [asdict(m) for m in history],
         }, indent=2, sort_keys=True))
@@ -108,6 +124,9 @@ def replay(
         verdict = "every stored state reproduced" if report.ok else f"{len(report.mismatches)} mismatched"
         summary = f"{_count(report.entities, 'entity', 'entities')}, {_count(report.events, 'event')}"
         click.echo(f"checked {summary}: {verdict}")
+        if report.from_snapshots:
+            click.echo(f"{_count(report.from_snapshots, 'entity', 'entities')} replayed from the oldest state version "
+                       "kept (retention deleted their oldest events)")
         for name in report.skipped:
             click.echo(f"skipped {name}: its state may change outside the event log (not rebuilt from it)")
         for m in report.mismatches:
@@ -139,6 +158,7 @@ def _replay_with_progress(obj: Context, automation: str | None, tenant: str | No
                     report.entities += part.entities
                     report.events += part.events
                     report.mismatches += part.mismatches
+                    report.from_snapshots += part.from_snapshots
                     bar.update(1)
                 after = keys[-1]
     return report

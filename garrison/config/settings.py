@@ -73,6 +73,22 @@ class Settings:
     http_port: int = 8000
     # Request bodies over this size are refused (413) before they are parsed.
     http_max_body_bytes: int = 1024 * 1024
+    # Retention (garrison.core.retention): beat deletes what these windows let go every retention_interval
+    # seconds (0: never; `garrison db prune` by hand), in statements of at most retention_batch rows. A
+    # window is in days; 0 keeps that table's rows forever.
+    retention_interval: float = 300.0
+    retention_batch: int = 1000
+    retention_versions_days: float = 30.0
+    retention_versions_keep: int = 10  # versions of each entity kept from before the window
+    retention_events_days: float = 30.0
+    retention_effects_days: float = 7.0
+    retention_timers_days: float = 7.0
+    retention_runs_days: float = 30.0
+    retention_failures_days: float = 30.0
+    retention_pulse_slots_days: float = 30.0
+    # How often a follow reader looks for changes when nothing woke it (SQLite polls; PostgreSQL is woken
+    # by NOTIFY and polls only as a fallback).
+    follow_poll: float = 0.5
     log_level: str = "INFO"
     # text (a line with [tenant=... key=...] after the message) or json (one object per line).
     log_format: str = "text"
@@ -88,9 +104,14 @@ class Settings:
         if not self.tenant:
             raise ConfigurationError("GARRISON_TENANT must not be empty", field="tenant")
         for name in ("publish_batch", "engine_batch", "max_payload_bytes", "effect_max_retries", "pulse_chunk",
-                     "http_max_body_bytes", "effect_heartbeat", "effect_stall_after", "automation_ttl"):
+                     "http_max_body_bytes", "effect_heartbeat", "effect_stall_after", "automation_ttl",
+                     "retention_batch", "retention_versions_keep", "follow_poll"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive", field=name)
+        for name in [f.name for f in fields(self) if f.name.startswith("retention_") and f.name.endswith(
+                ("_days", "_interval"))]:
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name} must be 0 (off) or positive", field=name)
         if self.claim_batch < 0:
             raise ConfigurationError("claim_batch must not be negative", field="claim_batch")
         if self.effect_stall_after <= self.effect_heartbeat * 2:

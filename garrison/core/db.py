@@ -1,8 +1,10 @@
 """The SQL connection: one place that knows PostgreSQL from SQLite.
 
-On SQLite every transaction starts with ``BEGIN IMMEDIATE``: it takes the database's write lock up
-front, which serializes writers (so the per-key lock is the whole database there) and avoids the
-deadlock-prone upgrade from a read lock. WAL lets readers go on meanwhile.
+On SQLite every writing transaction starts with ``BEGIN IMMEDIATE``: it takes the database's write lock
+up front, which serializes writers (so the per-key lock is the whole database there) and avoids the
+deadlock-prone upgrade from a read lock. A read-only session (``session(readonly=True)``: state,
+inspect, stats, runs, follow) starts a deferred ``BEGIN`` instead and never asks for the write lock, so
+with WAL it reads the last commit while an engine batch holds the lock, instead of waiting behind it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from garrison.models import TENANTS, metadata
 
 UPSERT_CHUNK = 500
 _NEW_TENANTS = "garrison_new_tenants"
+READONLY = "garrison_readonly"  # the execution option that marks a read-only session's connection
 
 
 class Database:
@@ -36,6 +39,8 @@ class Database:
         self.dialect = self.engine.dialect.name
         # Tenants known to be in garrison_tenants (committed), so an ingest writes the row only once.
         self._tenants: set[str] = set()
+        # The same engine, marked so that a transaction begun on it is a deferred (read) one on SQLite.
+        self._reader = self.engine.execution_options(**{READONLY: True})
 
     @property
     def is_sqlite(self) -> bool:
@@ -55,9 +60,13 @@ class Database:
             conn.exec_driver_sql("DROP TABLE IF EXISTS garrison_alembic_version")
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session in one transaction: committed when the block succeeds, rolled back otherwise."""
-        with Session(self.engine, expire_on_commit=False) as session:
+    def session(self, *, readonly: bool = False) -> Iterator[Session]:
+        """A session in one transaction: committed when the block succeeds, rolled back otherwise.
+
+        ``readonly=True`` is for reads only: on SQLite its transaction is deferred (no write lock, so it
+        never waits behind a writer, and a write in it fails); elsewhere it is an ordinary transaction."""
+        bind = self._reader if readonly else self.engine
+        with Session(bind, expire_on_commit=False) as session:
             with session.begin():
                 yield session
             self._tenants.update(session.info.get(_NEW_TENANTS, ()))
@@ -152,4 +161,4 @@ def _configure_sqlite(engine: Engine, settings: Settings) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READONLY) else "BEGIN IMMEDIATE")

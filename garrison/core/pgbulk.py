@@ -109,10 +109,16 @@ _ENTITIES = text("""
     SET state = excluded.state, version = excluded.version, cursor = excluded.cursor, status = excluded.status,
         updated_at = excluded.updated_at
 """)
+# txid: the change feed's commit-safe position (garrison.core.feed): this transaction's id, raised to the
+# entity's previous version's when that is higher (one primary-key probe per row).
 _VERSIONS = text("""
     INSERT INTO garrison_state_versions (tenant, key, automation, version, state, message, data, event_id, seq,
-                                         created_at)
-    SELECT :tenant, r.k, r.a, r.v, r.s, r.m, r.d, r.e, r.q, :now
+                                         created_at, txid)
+    SELECT :tenant, r.k, r.a, r.v, r.s, r.m, r.d, r.e, r.q, :now,
+           greatest(pg_current_xact_id()::text::bigint, (
+               SELECT p.txid FROM garrison_state_versions p
+               WHERE p.tenant = CAST(:tenant AS varchar) AND p.key = r.k AND p.automation = r.a AND p.version < r.v
+               ORDER BY p.version DESC LIMIT 1))
     FROM json_to_recordset(CAST(:rows AS json))
          AS r(k text, a text, v integer, s jsonb, m text, d jsonb, e bigint, q bigint)
 """)

@@ -1,9 +1,14 @@
 """Replay and determinism checks: rebuild state from the log with every side effect skipped.
 
-- ``replay``: for each entity, re-apply the messages it took (sequence order, up to its cursor) to an
-  empty state, skipping effects, and report any key whose replayed state differs from the stored one.
+- ``replay``: for each entity, re-apply the messages it took (sequence order, up to its cursor), skipping
+  effects, and report any key whose replayed state differs from the stored one. It starts from an empty
+  state when the key's whole log is kept; once retention (:mod:`garrison.core.retention`) has deleted the
+  oldest events, from the oldest kept state version that every later event is kept for (a snapshot), so
+  what replay covers is the kept part of the log: the events of the retention window, applied to the
+  state they found.
 - ``check``: casern's time travel: re-apply each stored version's message to the previous version's
-  state and report any version a reducer no longer reproduces (a non-deterministic reducer).
+  state and report any version a reducer no longer reproduces (a non-deterministic reducer). Versions
+  whose message or predecessor retention deleted have nothing to be re-derived from and are passed over.
 
 Both read only; neither runs a listener, a command or any other effect.
 """
@@ -19,7 +24,7 @@ from sqlalchemy import select
 from garrison.core.contract import ApplyContext, Automation, Lookup, Message
 from garrison.core.db import Database
 from garrison.core.engine import EVENT_COLUMNS, lookup_in, to_message
-from garrison.core.jsondata import json_equal
+from garrison.core.jsondata import clone_json, json_equal
 from garrison.core.registry import Registry
 from garrison.models import ENTITIES, EVENTS, VERSIONS
 
@@ -40,6 +45,8 @@ class ReplayReport:
     mismatches: list[Mismatch] = field(default_factory=list)
     # Automations not rebuilt because their state may change outside the log (``replayable = False``).
     skipped: list[str] = field(default_factory=list)
+    # Entities rebuilt from a kept state version, their oldest events having been deleted by retention.
+    from_snapshots: int = 0
 
     @property
     def ok(self) -> bool:
@@ -62,7 +69,7 @@ def replay(
             continue
         after = ""
         while True:
-            with db.session() as s:
+            with db.session(readonly=True) as s:
                 query = select(ENTITIES.c.key, ENTITIES.c.state, ENTITIES.c.cursor).where(
                     ENTITIES.c.tenant == tenant, ENTITIES.c.automation == auto.name, ENTITIES.c.key > after
                 )
@@ -75,7 +82,11 @@ def replay(
                         .where(EVENTS.c.tenant == tenant, EVENTS.c.key == ent.key, EVENTS.c.seq <= ent.cursor)
                         .order_by(EVENTS.c.seq)
                     ).all()
-                    replayed, applied = _rebuild(auto, tenant, ent.key, events)
+                    start = _snapshot(s, tenant, auto.name, ent.key, _kept_from(events, ent.cursor))
+                    if start is not None:
+                        report.from_snapshots += 1
+                        events = [e for e in events if e.seq > start.seq]
+                    replayed, applied = _rebuild(auto, tenant, ent.key, events, start)
                     report.entities += 1
                     report.events += applied
                     if not json_equal(replayed, ent.state):
@@ -99,9 +110,34 @@ def _list_lookup(messages: list[Message]) -> Lookup:
     return lookup
 
 
-def _rebuild(auto: Automation, tenant: str, key: str, events: Any) -> tuple[Any, int]:
-    state: Any = None
-    version = 0
+def _kept_from(events: Any, cursor: int) -> int:
+    """The first seq of the unbroken run of kept events that ends at ``cursor`` (``cursor + 1``: none)."""
+    first = cursor + 1
+    for row in reversed(events):
+        if row.seq != first - 1:
+            break
+        first = row.seq
+    return first
+
+
+def _snapshot(s: Any, tenant: str, automation: str, key: str, kept_from: int) -> Any:
+    """Where a replay starts: None (the empty state) when the key's log is kept from its first event; else
+    the oldest version every later event is kept for, or the newest version (the events retention deleted
+    after it changed nothing)."""
+    if kept_from <= 1:
+        return None
+    entity = (VERSIONS.c.tenant == tenant, VERSIONS.c.automation == automation, VERSIONS.c.key == key)
+    columns = (VERSIONS.c.version, VERSIONS.c.state, VERSIONS.c.seq)
+    found = s.execute(select(*columns).where(*entity, VERSIONS.c.seq >= kept_from - 1)
+                      .order_by(VERSIONS.c.version).limit(1)).first()
+    if found is None:
+        found = s.execute(select(*columns).where(*entity).order_by(VERSIONS.c.version.desc()).limit(1)).first()
+    return found
+
+
+def _rebuild(auto: Automation, tenant: str, key: str, events: Any, start: Any = None) -> tuple[Any, int]:
+    state: Any = None if start is None else clone_json(start.state)
+    version = 0 if start is None else start.version
     applied = 0
     messages = [_message(tenant, row) for row in events]
     lookup = _list_lookup(messages)
@@ -125,7 +161,7 @@ def _rebuild(auto: Automation, tenant: str, key: str, events: Any) -> tuple[Any,
 def check(db: Database, registry: Registry, tenant: str, automation: str, key: str) -> list[Mismatch]:
     """Re-derive every stored version from the one before it and its message."""
     auto = registry.get(automation)
-    with db.session() as s:
+    with db.session(readonly=True) as s:
         versions = s.execute(
             select(VERSIONS.c.version, VERSIONS.c.state, VERSIONS.c.event_id)
             .where(VERSIONS.c.tenant == tenant, VERSIONS.c.automation == automation, VERSIONS.c.key == key)
@@ -138,7 +174,10 @@ def check(db: Database, registry: Registry, tenant: str, automation: str, key: s
         }
     mismatches: list[Mismatch] = []
     prev: Any = None
-    with db.session() as s:
+    if versions and versions[0].version > 1:  # retention deleted the ones before: start from the first kept
+        prev = versions[0].state
+        versions = versions[1:]
+    with db.session(readonly=True) as s:
         lookup = lookup_in(s, tenant, key)
         for v in versions:
             prev = _check_one(auto, tenant, key, v, events.get(v.event_id), prev, lookup, mismatches)
@@ -151,7 +190,9 @@ def _check_one(
 ) -> Any:
     """Re-apply one version's message to the previous state; record a mismatch. Returns the stored state."""
     if row is None:
-        if auto.replayable:  # else: a version written outside the log (a node's set), nothing to re-derive
+        # No event: retention deleted it (nothing to re-derive from), or a version written outside the log
+        # (a node's set); a replayable automation's version without one is a mismatch.
+        if v.event_id is None and auto.replayable:
             mismatches.append(Mismatch(auto.name, key, v.state, None, version=v.version))
         return v.state
     message = _message(tenant, row)

@@ -84,7 +84,7 @@ def list_runs(
         query = query.where(RUNS.c.key == key)
     if status is not None:
         query = query.where(RUNS.c.status == status)
-    with db.session() as s:
+    with db.session(readonly=True) as s:
         rows = s.execute(query.order_by(RUNS.c.id.desc()).limit(limit)).all()
         if not timers:
             return [_info(r) for r in rows]
@@ -92,7 +92,7 @@ def list_runs(
 
 
 def get_run(db: Database, tenant: str, run_id: int) -> RunInfo:
-    with db.session() as s:
+    with db.session(readonly=True) as s:
         row = s.execute(select(RUNS).where(RUNS.c.tenant == tenant, RUNS.c.id == run_id)).first()
         if row is None:
             raise NotFound("no such run", tenant=tenant, run=run_id)
@@ -101,7 +101,7 @@ def get_run(db: Database, tenant: str, run_id: int) -> RunInfo:
 
 def count_runs(db: Database, tenant: str) -> dict[str, int]:
     """How many runs of the tenant are in each status."""
-    with db.session() as s:
+    with db.session(readonly=True) as s:
         rows = s.execute(
             select(RUNS.c.status, func.count()).where(RUNS.c.tenant == tenant).group_by(RUNS.c.status)
         ).all()

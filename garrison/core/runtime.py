@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -23,6 +24,7 @@ from garrison.core import failures as failed
 from garrison.core.contract import Automation
 from garrison.core.db import Database
 from garrison.core.engine import Engine
+from garrison.core.history import past_state
 from garrison.core.ingest import EventIn, IngestedEvent, check_atomic, validate, write_events
 from garrison.core.publisher import Publisher
 from garrison.core.registry import Registry
@@ -218,10 +220,17 @@ class Runtime:
 
     # -- reading and operating ----------------------------------------------------------------
 
-    def state(self, automation: str, key: str, *, tenant: str | None = None) -> Any:
-        """The committed state of one entity (None when it has none)."""
+    def state(
+        self, automation: str, key: str, *, tenant: str | None = None, version: int | None = None,
+        at: datetime | None = None,
+    ) -> Any:
+        """The committed state of one entity (None when it has none); with ``version=N`` the state it had
+        at that version (0: before its first), with ``at=datetime`` the state it had at that moment
+        (time travel). A version retention deleted raises :class:`NotFound` saying so."""
         tenant = self.tenant_of(tenant)
-        with self.db.session() as s:
+        if version is not None or at is not None:
+            return past_state(self.db, tenant, automation, key, version=version, at=at).state
+        with self.db.session(readonly=True) as s:
             row = s.execute(
                 select(ENTITIES.c.state).where(
                     ENTITIES.c.tenant == tenant, ENTITIES.c.automation == automation, ENTITIES.c.key == key
@@ -278,7 +287,7 @@ class Runtime:
         query = select(FAILURES.c.id).where(FAILURES.c.tenant == tenant, FAILURES.c.status == status)
         if automation:
             query = query.where(FAILURES.c.automation == automation)
-        with self.db.session() as s:
+        with self.db.session(readonly=True) as s:
             return list(s.execute(query.order_by(FAILURES.c.id)).scalars())
 
 

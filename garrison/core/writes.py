@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, update
 
-from garrison.core import pgbulk
+from garrison.core import feed, pgbulk
 from garrison.core.batch import Slot, Written
 from garrison.core.contract import Outcome
 from garrison.core.db import Database
@@ -70,7 +70,10 @@ def write_batch(
     if written.versions and pg:
         pgbulk.versions_insert(s, tenant, written.versions, now)
     elif written.versions:
-        s.execute(insert(VERSIONS), written.versions)
+        txid = feed.sqlite_txid(s, tenant)
+        s.execute(insert(VERSIONS), [{**v, "txid": txid} for v in written.versions])
+    if written.versions:
+        feed.notify(s, db, tenant)
     if written.failures:
         s.execute(insert(FAILURES), written.failures)
     if written.effects:

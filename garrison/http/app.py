@@ -1,4 +1,5 @@
-"""The FastAPI app: ``POST /events`` (one event or a batch) and ``GET /healthz``.
+"""The FastAPI app: ``POST /events`` (one event or a batch), ``GET /follow`` (the change feed as
+server-sent events, :mod:`garrison.http.follow`) and ``GET /healthz``.
 
 Order of checks on ``POST /events``, each refusing before anything is written: body size (413, before
 parsing), API key (401), body shape (422 naming the field, e.g. ``events[2].name``), the tenant a body
@@ -12,16 +13,17 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Header, Request
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
 from garrison import __version__
 from garrison.client import Garrison
 from garrison.core.ingest import IngestedEvent
-from garrison.errors import PayloadTooLarge, ValidationError
+from garrison.errors import CursorExpired, PayloadTooLarge, ValidationError
+from garrison.http.follow import open_feed, sse
 from garrison.http.keys import ApiKeys
 from garrison.http.limits import BodyLimit
 from garrison.http.schemas import (
@@ -141,6 +143,35 @@ def build_app(client: Garrison, *, own_client: bool = False) -> FastAPI:
     ) -> IngestResponse:
         stored = ingest(client, tenant, body, idempotency_key)
         return IngestResponse(tenant=tenant, events=[_out(e) for e in stored])
+
+    @app.get(
+        "/follow",
+        summary="Follow state changes (server-sent events)",
+        description="Every stored state version of the API key's tenant (of one `automation`, or all), in order, "
+        "as `text/event-stream`: one `change` event each, whose `id` is its cursor. Resume after a change "
+        "with `since=<cursor>` or the `Last-Event-ID` header (what EventSource sends when it reconnects); "
+        "`since=now` starts with what is committed from now on. `wait=false` ends the stream once caught up.",
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "The stream of changes."},
+            401: {"model": ErrorOut, "description": "Missing or unknown API key."},
+            404: {"model": ErrorOut, "description": "The cursor is behind what retention deleted."},
+            422: {"model": ErrorOut, "description": "`since` is not a cursor."},
+        },
+        tags=["follow"],
+    )
+    def follow(
+        tenant: Annotated[str, Depends(authenticate)],
+        automation: Annotated[str | None, Query(description="Only this automation's changes.")] = None,
+        since: Annotated[str | None, Query(description="A change's cursor, or `now`.")] = None,
+        wait: Annotated[bool, Query(description="Keep the stream open for new changes.")] = True,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> StreamingResponse:
+        try:
+            feed = open_feed(client, tenant, automation, last_event_id or since, wait)
+        except CursorExpired as exc:
+            raise Refused(404, "expired", exc.message, "since") from exc
+        return StreamingResponse(sse(feed), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get(
         "/healthz",

@@ -86,7 +86,7 @@ class FieldError(BaseModel):
     message: str
 
 
-ErrorCode = Literal["unauthorized", "forbidden", "body_too_large", "invalid", "payload_too_large"]
+ErrorCode = Literal["unauthorized", "forbidden", "body_too_large", "invalid", "payload_too_large", "expired"]
 
 
 class ErrorOut(BaseModel):

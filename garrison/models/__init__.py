@@ -2,6 +2,7 @@
 
 from garrison.models.fleet import AUTOMATIONS, PENDING, TENANTS, AutomationRecord, Pending, Tenant
 from garrison.models.pulses import LEASES, PULSE_SLOTS, SCHEDULES, Lease, PulseSlot, Schedule
+from garrison.models.retention import RETENTION, RetentionMark  # where retention stands per tenant and rule
 from garrison.models.tables import (
     CURSORS,
     EFFECTS,
@@ -25,8 +26,8 @@ from garrison.models.tables import (
 )
 
 __all__ = [
-    "AUTOMATIONS", "CURSORS", "EFFECTS", "ENTITIES", "EVENTS", "FAILURES", "LEASES", "PENDING", "PULSE_SLOTS", "RUNS",
-    "SCHEDULES", "STREAMS", "TENANTS", "TIMERS", "VERSIONS",
-    "AutomationRecord", "Cursor", "Effect", "Entity", "Event", "Failure", "Lease", "Pending", "PulseSlot", "Run",
-    "Schedule", "StateVersion", "Stream", "Tenant", "Timer", "metadata",
+    "AUTOMATIONS", "CURSORS", "EFFECTS", "ENTITIES", "EVENTS", "FAILURES", "LEASES", "PENDING", "PULSE_SLOTS",
+    "RETENTION", "RUNS", "SCHEDULES", "STREAMS", "TENANTS", "TIMERS", "VERSIONS",
+    "AutomationRecord", "Cursor", "Effect", "Entity", "Event", "Failure", "Lease", "Pending", "PulseSlot",
+    "RetentionMark", "Run", "Schedule", "StateVersion", "Stream", "Tenant", "Timer", "metadata",
 ]

@@ -62,6 +62,7 @@ class PulseSlot(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("tenant", "schedule_id", "slot", name="uq_garrison_pulse_slots_slot"),
         Index("ix_garrison_pulse_slots_status", "tenant", "status"),
+        Index("ix_garrison_pulse_slots_finished", "tenant", "status", "finished_at"),  # retention
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))

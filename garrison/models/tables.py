@@ -9,7 +9,8 @@
   ``active`` (it has considered every message up to its key's cursor), ``behind`` (messages after its own
   ``cursor`` still wait for it: a worker without the automation took the key, or it was un-halted) or
   ``halted`` (a message failed under ``on_failure="halt"``; it waits at that message for a retry or skip).
-- ``StateVersion``: the full history of an entity's states, with the message that produced each.
+- ``StateVersion``: the history of an entity's states, with the message that produced each and a
+  commit-safe ``txid`` the change feed resumes from; retention keeps the recent part of it.
 - ``Effect``: the outbox: side effects written with the state change that caused them.
 - ``Failure``: a message a handler refused by raising, with its traceback, retryable.
 - ``Timer``: a durable timer (a journey's wait timeout or sleep). Within the horizon it is also an ETA
@@ -55,6 +56,8 @@ class Event(SQLModel, table=True):
         UniqueConstraint("tenant", "key", "seq", name="uq_garrison_events_key_seq"),
         UniqueConstraint("tenant", "idempotency_key", name="uq_garrison_events_idempotency"),
         Index("ix_garrison_events_tenant_name", "tenant", "name"),
+        # Retention finds old events through it (garrison.core.retention).
+        Index("ix_garrison_events_created", "tenant", "created_at"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
@@ -96,8 +99,8 @@ class Entity(SQLModel, table=True):
     __tablename__ = "garrison_entities"
     __table_args__ = (
         Index("ix_garrison_entities_automation", "tenant", "automation", "key"),
-        # The few entities that wait (behind or halted), for stats and inspect.
-        Index("ix_garrison_entities_waiting", "tenant", "automation", "status",
+        # The few entities that wait (behind or halted), for retention, stats and inspect.
+        Index("ix_garrison_entities_waiting", "tenant", "key", "automation",
               postgresql_where=text("status <> 'active'"), sqlite_where=text("status <> 'active'")),
     )
 
@@ -114,6 +117,8 @@ class Entity(SQLModel, table=True):
 
 class StateVersion(SQLModel, table=True):
     __tablename__ = "garrison_state_versions"
+    # The change feed (``follow``) and retention walk versions in ``txid`` order (garrison.core.feed).
+    __table_args__ = (Index("ix_garrison_state_versions_txid", "tenant", "txid"),)
 
     tenant: str = _tenant()
     key: str = Field(sa_column=Column(String(255), primary_key=True))
@@ -125,6 +130,10 @@ class StateVersion(SQLModel, table=True):
     event_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     created_at: datetime = _when()
+    # A commit-safe position for the change feed: on PostgreSQL the writing transaction's id (at least that
+    # of the entity's previous version), on SQLite a counter bumped by each writing transaction. 0: written
+    # before the feed existed.
+    txid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
 
 
 # The predicate of the index of unfinished effects, spelled as literal SQL wherever it is queried, so the
@@ -166,7 +175,10 @@ class Effect(SQLModel, table=True):
 
 class Failure(SQLModel, table=True):
     __tablename__ = "garrison_failures"
-    __table_args__ = (Index("ix_garrison_failures_key", "tenant", "key", "status"),)
+    __table_args__ = (
+        Index("ix_garrison_failures_key", "tenant", "key", "status"),
+        Index("ix_garrison_failures_status", "tenant", "status", "created_at"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     tenant: str = Field(sa_column=Column(String(64), nullable=False))
@@ -211,6 +223,9 @@ class Run(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("tenant", "automation", "key", "number", name="uq_garrison_runs_number"),
         Index("ix_garrison_runs_status", "tenant", "status", "automation"),
+        # Retention: ended runs by age, and whether a key has a live run (whose look-back keeps its events).
+        Index("ix_garrison_runs_ended", "tenant", "status", "ended_at"),
+        Index("ix_garrison_runs_key", "tenant", "key", "status"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))

@@ -17,8 +17,10 @@ from typing import Any
 from sqlalchemy import func, select
 
 from garrison.clock import as_utc
+from garrison.core.history import PastState, check_point, past_state
 from garrison.core.runs import RunInfo, list_runs
 from garrison.core.runtime import Runtime
+from garrison.errors import NotFound
 from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, STREAMS, VERSIONS
 
 __all__ = [
@@ -26,11 +28,13 @@ __all__ = [
     "EntityRow",
     "FailureRow",
     "KeyReport",
+    "PastState",
     "PendingEvent",
     "RunInfo",
     "VersionRow",
     "inspect_key",
     "jsonable",
+    "past_states",
 ]
 
 
@@ -155,7 +159,7 @@ def inspect_key(
     them) for ``tenant`` (the settings' tenant by default)."""
     tenant = client.tenant_of(tenant)
     report = KeyReport(tenant=tenant, key=key)
-    with client.db.session() as s:
+    with client.db.session(readonly=True) as s:
         report.last_seq = s.execute(
             select(STREAMS.c.last_seq).where(STREAMS.c.tenant == tenant, STREAMS.c.key == key)
         ).scalar() or 0
@@ -229,6 +233,41 @@ def inspect_key(
     report.effects.reverse()
     report.runs.reverse()
     return report
+
+
+def past_states(
+    client: Runtime,
+    key: str,
+    *,
+    tenant: str | None = None,
+    automation: str | None = None,
+    version: int | None = None,
+    at: datetime | None = None,
+) -> list[PastState]:
+    """The state each automation at ``key`` (or only ``automation``) had at ``version`` or at the moment
+    ``at`` (``garrison inspect KEY --version N``). NotFound when none of them has it."""
+    check_point(version, at)
+    tenant = client.tenant_of(tenant)
+    if automation is not None:
+        names = [automation]
+    else:
+        with client.db.session(readonly=True) as s:
+            names = list(s.execute(
+                select(ENTITIES.c.automation).where(ENTITIES.c.tenant == tenant, ENTITIES.c.key == key)
+                .order_by(ENTITIES.c.automation)
+            ).scalars())
+    found: list[PastState] = []
+    errors: list[NotFound] = []
+    for name in names:
+        try:
+            found.append(past_state(client.db, tenant, name, key, version=version, at=at))
+        except NotFound as exc:
+            errors.append(exc)
+    if not found:
+        if errors:
+            raise errors[0]
+        raise NotFound(f"nothing stored for key {key!r}", tenant=tenant, key=key)
+    return found
 
 
 def _effect_name(payload: Any) -> str:

@@ -198,7 +198,8 @@ def revision(
                 "first, so that the new migration holds only the models' changes",
                 revision=at, head=latest,
             )
-        rev_id = f"{len(list(script.walk_revisions())) + 1:04d}"
+        # The head's number plus one (not the count of revisions: numbers may skip, as merged branches do).
+        rev_id = f"{int(latest) + 1:04d}" if latest.isdigit() else f"{len(list(script.walk_revisions())) + 1:04d}"
         cfg = _config(conn, directory)
         ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
         if ruff:  # drop the template's unused imports, sort the rest

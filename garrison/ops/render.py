@@ -9,7 +9,7 @@ from typing import Any
 
 from garrison.core.runs import RunInfo
 from garrison.durations import format_duration
-from garrison.ops.inspect import KeyReport
+from garrison.ops.inspect import KeyReport, PastState
 from garrison.ops.stats import Stats
 
 INDENT = "  "
@@ -51,6 +51,16 @@ def section(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], *
     if not rows:
         return f"{title}: none"
     return f"{title}\n{table(headers, rows, width=width)}"
+
+
+def past_report(key: str, states: Sequence[PastState], *, full: bool = False) -> str:
+    """``garrison inspect KEY --version N``: each automation's state at that point, with what made it."""
+    width = None if full else CELL_WIDTH
+    rows = [
+        (p.automation, p.version or "-", p.message or "(no state yet)", p.seq, p.created_at, p.state)
+        for p in states
+    ]
+    return f"key {key!r}\n" + table(("AUTOMATION", "VERSION", "MESSAGE", "SEQ", "AT", "STATE"), rows, width=width)
 
 
 def key_report(report: KeyReport, *, full: bool = False, tracebacks: bool = False) -> str:
@@ -333,6 +343,15 @@ def stats_report(stats: Stats) -> str:
          for a in stats.automations],
         width=None,
     ))
+    if stats.tables:
+        parts.append(section(
+            "Storage (rows and size: every tenant's; oldest: this tenant's row under the table's retention rule)",
+            ("TABLE", "ROWS", "SIZE", "RETENTION", "OLDEST KEPT"),
+            [(t.table, "-" if t.rows is None else f"{t.rows:,}", _size(t.bytes),
+              "-" if t.window_days is None else ("forever" if not t.window_days else f"{t.window_days:g} days"),
+              t.oldest) for t in stats.tables],
+            width=None,
+        ))
     if stats.pulses:
         parts.append(section(
             "Pulses running",
@@ -342,3 +361,15 @@ def stats_report(stats: Stats) -> str:
             width=None,
         ))
     return "\n\n".join(parts)
+
+
+def _size(value: int | None) -> str:
+    """Bytes as ``812 B``, ``4.0 KB``, ``1.2 MB``..."""
+    if value is None:
+        return "-"
+    amount, unit = float(value), "B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if amount < 1024 or unit == "GB":
+            break
+        amount /= 1024
+    return f"{amount:,.0f} B" if unit == "B" else f"{amount:,.1f} {unit}"

@@ -1,7 +1,8 @@
 """Operating figures for one tenant, read from SQL (the source of truth), for ``garrison stats``.
 
 How fast events come in, how much work waits (messages past their key's cursor, timers due, effects not
-done), what failed per automation, and which pulse slots are fanning out. Every query is filtered by the
+done), what failed per automation, which pulse slots are fanning out, and how big each table is with the
+oldest row its retention rule keeps (:mod:`garrison.ops.storage`). Every query is filtered by the
 tenant; nothing here needs a worker or the broker, so the figures are right even when the fleet is down
 (that is when they matter).
 """
@@ -21,6 +22,7 @@ from garrison.errors import GarrisonError, ValidationError
 from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, STREAMS, TIMERS, VERSIONS
 from garrison.models.pulses import PULSE_SLOTS
 from garrison.ops.inspect import jsonable
+from garrison.ops.storage import TableStorage, storage
 
 __all__ = ["AutomationStats", "PulseProgress", "Stats", "collect_stats", "count_entities", "entity_keys"]
 
@@ -84,6 +86,8 @@ class Stats:
     failures: int = 0
     pulses: list[PulseProgress] = field(default_factory=list)
     automations: list[AutomationStats] = field(default_factory=list)
+    # garrison's tables: sizes (every tenant's) and the tenant's oldest row under each retention rule.
+    tables: list[TableStorage] = field(default_factory=list)
 
     @property
     def events_per_second(self) -> float:
@@ -118,7 +122,7 @@ def collect_stats(client: Runtime, *, tenant: str | None = None, window: float =
     def of(name: str) -> AutomationStats:
         return per.setdefault(name, AutomationStats(name))
 
-    with client.db.session() as s:
+    with client.db.session(readonly=True) as s:
         stats.events = s.execute(
             select(func.count()).select_from(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.created_at > since)
         ).scalar_one()
@@ -195,6 +199,7 @@ def collect_stats(client: Runtime, *, tenant: str | None = None, window: float =
         ]
 
     stats.automations = [per[name] for name in sorted(per)]
+    stats.tables = storage(client, tenant)
     for a in stats.automations:
         stats.timers_pending += a.timers_pending
         stats.effects_pending += a.effects_pending
@@ -216,7 +221,7 @@ def _registered(client: Runtime) -> list[str]:
 def count_entities(client: Runtime, automation: str, *, tenant: str | None = None) -> int:
     """How many entities ``automation`` has in the tenant."""
     tenant = client.tenant_of(tenant)
-    with client.db.session() as s:
+    with client.db.session(readonly=True) as s:
         return int(s.execute(
             select(func.count()).select_from(ENTITIES)
             .where(ENTITIES.c.tenant == tenant, ENTITIES.c.automation == automation)
@@ -228,7 +233,7 @@ def entity_keys(
 ) -> list[str]:
     """A page of ``automation``'s entity keys in key order, after ``after`` (keyset paging)."""
     tenant = client.tenant_of(tenant)
-    with client.db.session() as s:
+    with client.db.session(readonly=True) as s:
         return list(s.execute(
             select(ENTITIES.c.key)
             .where(ENTITIES.c.tenant == tenant, ENTITIES.c.automation == automation, ENTITIES.c.key > after)

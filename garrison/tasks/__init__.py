@@ -125,4 +125,10 @@ def relay() -> int:
     return report.total + len(stalled)
 
 
-__all__ = ["app", "client", "effect", "process", "pulse", "relay", "timers"]
+@app.task(name="garrison.prune", ignore_result=True)
+def prune() -> int:
+    """Delete what the retention windows let go (GARRISON_RETENTION_*), in small batches."""
+    return client().prune().total
+
+
+__all__ = ["app", "client", "effect", "process", "prune", "pulse", "relay", "timers"]

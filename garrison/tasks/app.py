@@ -81,6 +81,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_max_loop_interval": 1.0,
         "beat_schedule": {
             "garrison-relay": {"task": "garrison.relay", "schedule": settings.relay_interval},
+            **({"garrison-prune": {"task": "garrison.prune", "schedule": settings.retention_interval}}
+               if settings.retention_interval > 0 else {}),
         },
         "timezone": "UTC",
         "enable_utc": True,

@@ -39,3 +39,28 @@ def price(ctx: CommandContext, sku: str) -> Any:
         with open(path, "a") as fh:
             fh.write(f"{ctx.key}:{sku}\n")
     return [Msg("priced", {"sku": sku, "price": len(sku)}), None]
+
+
+def poll_init() -> tuple[Any, Any]:
+    """A loop that starts itself: its init asks for the first page at once (go-state's Run)."""
+    return {"pages": [], "inits": 1}, poller.cmd("fetch", 1)
+
+
+def poll_update(model: Any, msg: Message) -> tuple[Any, Any]:
+    if msg.name == "fetched":
+        model["pages"].append(msg.data["page"])
+        if msg.data["page"] < 3:
+            return model, poller.cmd("fetch", msg.data["page"] + 1)
+    return model, None
+
+
+poller = UpdateLoop("poller", init=poll_init, update=poll_update, on=["poll/*"])
+
+
+@poller.command
+def fetch(ctx: CommandContext, page: int) -> Any:
+    path = os.environ.get("GARRISON_TEST_COMMAND_LOG")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(f"{ctx.key}:fetch:{page}\n")
+    return Msg("fetched", {"page": page})

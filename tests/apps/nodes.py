@@ -76,6 +76,8 @@ def stock(event: NodeEvent, node: NodeContext) -> None:
     record(event, node)
     if event.payload.get("explode"):
         raise RuntimeError("inventory refused")
+    if "replace" in event.payload:
+        node.state.set(event.payload["replace"])  # Happen's set({...}): the dict is the whole new state
 
 
 def increment(settings: Settings, n: int, start: Any, pause: float = 0.0) -> None:

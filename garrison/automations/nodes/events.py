@@ -253,10 +253,20 @@ class Views:
         return {n: select(self._seen[n], s) if self.visible(n) else None for n, s in selectors.items()}
 
 
-def call_setter(fn: Callable[..., Any], state: JSON, views: Views, node: str) -> JSON:
-    """Call a ``set`` function with ``(state, views)`` when it takes two positional parameters (or
-    ``*args``), else with ``(state)``; the result must be JSON."""
-    result = fn(state, views) if takes_views(fn) else fn(state)
+def call_setter(fn: Callable[..., Any] | Mapping[str, Any], state: JSON, views: Views, node: str) -> JSON:
+    """Apply what ``set`` was given: a function is called with ``(state, views)`` when it takes two
+    positional parameters (or ``*args``), else with ``(state)``; a mapping is the new state itself
+    (Happen's ``state.set({...})``: it replaces the whole state, it is not merged). The result must be
+    JSON; anything else is refused with a :class:`ValidationError` naming ``state``."""
+    if isinstance(fn, Mapping):
+        result: Any = clone_json(dict(fn))
+    elif callable(fn):
+        result = fn(state, views) if takes_views(fn) else fn(state)
+    else:
+        raise ValidationError(
+            f"set takes a function of the state, or a dict that replaces it, not {type(fn).__name__}",
+            field="state", node=node,
+        )
     try:
         return ensure_json(result, f"the state set on node {node!r}")
     except TypeError as exc:

@@ -6,16 +6,15 @@ applies a message to that key (the cursor row: ``SELECT ... FOR UPDATE`` on Post
 handler of that node in a worker: no update is lost (guarantee 3). It writes the entity row with the
 version incremented and a state version labelled ``set`` (``garrison inspect NODE`` shows both).
 
-Reads of committed state on SQLite run outside any transaction: the engine's ``BEGIN IMMEDIATE`` would
-otherwise make a view in a handler wait for the very transaction that runs the handler. WAL lets such a
-read see the last commit while a writer works.
+Reads of committed state are read-only sessions: on SQLite a deferred transaction that never asks for
+the write lock, so a view in a handler does not wait for the very transaction that runs the handler (WAL
+lets it see the last commit while a writer works).
 """
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Select, bindparam, insert, select, update
@@ -35,6 +34,7 @@ from garrison.automations.nodes.events import (
     check_type,
 )
 from garrison.automations.nodes.events import select as select_path
+from garrison.core import feed
 from garrison.core.db import Database
 from garrison.core.jsondata import JSON, clone_json, json_equal
 from garrison.core.runtime import Runtime, default_client
@@ -65,29 +65,24 @@ class NodeState:
         state, version = found.get(self.node.name, (self.node.initial_state(), 0))
         return NodeSnapshot(self.node.name, state, version)
 
-    def set(self, fn: Callable[..., Any], *, client: Runtime | None = None, tenant: str | None = None) -> NodeSnapshot:
-        """Apply ``fn(state)`` or ``fn(state, views)`` atomically and store the result as the next version.
-        A result equal to the current state stores nothing. Returns what is committed."""
+    def set(
+        self, fn: Callable[..., Any] | Mapping[str, Any], *, client: Runtime | None = None, tenant: str | None = None
+    ) -> NodeSnapshot:
+        """Apply ``fn(state)`` or ``fn(state, views)`` atomically and store the result as the next version;
+        a dict is the new state itself (it replaces the whole state). A result equal to the current state
+        stores nothing. Returns what is committed."""
         c = _client(client)
         return set_state(c, self.node, fn, c.tenant_of(tenant))
 
 
 def read_committed(db: Database, tenant: str, system: str, names: Sequence[str]) -> dict[str, tuple[JSON, int]]:
-    """``{node: (state, version)}`` for the nodes of ``names`` that have a stored state."""
+    """``{node: (state, version)}`` for the nodes of ``names`` that have a stored state. A read-only
+    session: on SQLite it never waits for the write lock, not even the one the engine holds while it runs
+    the very handler that reads."""
     if not names:
         return {}
-    query = _stored(tenant, system, names)
-    if not db.is_sqlite:
-        with db.session() as s:
-            return {r.key: (r.state, r.version) for r in s.execute(query)}
-    compiled = query.compile(dialect=db.engine.dialect, compile_kwargs={"render_postcompile": True})
-    params = [compiled.params[name] for name in compiled.positiontup or ()]
-    raw = db.engine.raw_connection()
-    try:
-        rows = raw.cursor().execute(str(compiled), params).fetchall()
-    finally:
-        raw.close()
-    return {key: (json.loads(state) if isinstance(state, str) else state, version) for key, state, version in rows}
+    with db.session(readonly=True) as s:
+        return _read_in(s, tenant, system, names)
 
 
 def _read_in(s: Session, tenant: str, system: str, names: Sequence[str]) -> dict[str, tuple[JSON, int]]:
@@ -122,7 +117,7 @@ _UPDATE = update(ENTITIES).where(*_ENTITY).values(
     state=bindparam("s"), version=bindparam("v"), updated_at=bindparam("now"))
 
 
-def set_state(client: Runtime, node: NodeSpec, fn: Callable[..., Any], tenant: str) -> NodeSnapshot:
+def set_state(client: Runtime, node: NodeSpec, fn: Callable[..., Any] | Mapping[str, Any], tenant: str) -> NodeSnapshot:
     """The atomic set: lock the node's key, read, apply ``fn``, write state, version + 1 and a version row."""
     db, system, key = client.db, node.system.name, node.name
     now = client.clock.now()
@@ -154,10 +149,13 @@ def set_state(client: Runtime, node: NodeSpec, fn: Callable[..., Any], tenant: s
             ))
         else:
             s.execute(_UPDATE, {**at, "s": new, "v": version, "now": now})
-        s.execute(insert(VERSIONS), {
-            "tenant": tenant, "key": key, "automation": system, "version": version, "state": new, "message": "set",
-            "data": None, "event_id": None, "seq": None, "created_at": now,
-        })
+        txid = (feed.txid_expression(tenant, key, system, version) if db.dialect == "postgresql"
+                else feed.sqlite_txid(s, tenant))
+        s.execute(insert(VERSIONS).values(
+            tenant=tenant, key=key, automation=system, version=version, state=new, message="set", data=None,
+            event_id=None, seq=None, created_at=now, txid=txid,
+        ))
+        feed.notify(s, db, tenant)
     return NodeSnapshot(key, new, version)
 
 

@@ -17,6 +17,7 @@ so a node's state, version and history are ordinary garrison rows that ``garriso
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -82,6 +83,7 @@ class Node:
         def register(fn: HandlerFn) -> HandlerFn:
             if not callable(fn):
                 raise DefinitionError("a handler must be callable", automation=self.system.name, part=self.name)
+            refuse_suspending(fn, self.system.name, self.name)
             self.handlers.append(Handler(compiled, fn))
             return fn
 
@@ -165,6 +167,39 @@ class NodeContext:
             ))
 
 
+def refuse_suspending(fn: Callable[..., Any], system: str, node: str) -> None:
+    """Refuse a generator or ``async`` handler when it is defined.
+
+    Happen's progress-yielding handlers (``async function*``) stream each ``yield`` to the sender while
+    the handler runs. A garrison handler runs inside the transaction that stores its message's outcome:
+    nothing it yielded could be seen before that commit, so "progress" would only ever arrive with the
+    result, and calling such a function here would run none of its body. Long work is split into
+    messages instead (a handler that does one chunk, stores its progress and sends itself the next one),
+    each chunk committed and visible as it ends; see docs/node-state.md."""
+    kind = ("an async generator" if inspect.isasyncgenfunction(fn) else "a generator" if inspect.isgeneratorfunction(fn)
+            else "an async function" if inspect.iscoroutinefunction(fn) else None)
+    if kind is not None:
+        name = getattr(fn, "__name__", repr(fn))
+        raise DefinitionError(
+            f"handler {name!r} of node {node!r} is {kind}: a handler runs to its end in one transaction, so it "
+            "cannot yield progress or await; split long work into messages the node sends itself "
+            "(see docs/node-state.md, 'Long work in chunks')",
+            automation=system, part=node, handler=name,
+        )
+
+
+def check_returned(value: Any, fn: Callable[..., Any], node: str) -> None:
+    """A handler that slipped past :func:`refuse_suspending` (a callable object wrapping a generator
+    function) and returned a generator or a coroutine fails its message instead of being skipped."""
+    if inspect.isgenerator(value) or inspect.iscoroutine(value) or inspect.isasyncgen(value):
+        if not inspect.isasyncgen(value):
+            value.close()  # no "never awaited" warning; an async generator that never started needs nothing
+        raise TypeError(
+            f"handler {getattr(fn, '__name__', repr(fn))!r} of node {node!r} returned a {type(value).__name__} "
+            "instead of running: generator and async handlers are not supported (see docs/node-state.md)"
+        )
+
+
 class LocalState:
     """A handler's view of its own node: the state as this message has left it so far."""
 
@@ -176,8 +211,9 @@ class LocalState:
     def get(self, selector: Selector = None) -> Any:
         return select(self.value, selector)
 
-    def set(self, fn: Callable[..., Any]) -> JSON:
-        """Replace the state with ``fn(state)`` or ``fn(state, views)``; stored when the message commits."""
+    def set(self, fn: Callable[..., Any] | Mapping[str, Any]) -> JSON:
+        """Replace the state with ``fn(state)``, ``fn(state, views)`` or a dict (the new state itself);
+        stored when the message commits."""
         self.value = call_setter(fn, clone_json(self.value), self._views, self._node)
         return clone_json(self.value)
 
@@ -280,7 +316,8 @@ class Nodes(Automation):
             return Outcome(state=state, changed=False, label=event.type)
         nctx = NodeContext(self, node, event, ctx, clone_json(current), self._reader(ctx), message.event_id)
         for handler in handlers:
-            handler.fn(replace(event, payload=clone_json(event.payload)), nctx)
+            returned = handler.fn(replace(event, payload=clone_json(event.payload)), nctx)
+            check_returned(returned, handler.fn, node.name)
         new = nctx.state.value
         changed = not json_equal(new, current)
         return Outcome(state=new if changed else state, changed=changed, label=event.type, emits=nctx.emits)

@@ -19,8 +19,12 @@
         },
     )
 
+An XState machine configuration (JSON) becomes a statechart with :meth:`Statechart.from_xstate`.
+
 A state is atomic, compound (``initial`` + ``states``), ``"type": "parallel"`` (every child region active
-at once) or ``"type": "final"``. A state takes ``on`` (event name -> transition), ``after`` (delay ->
+at once) or ``"type": "final"``. The chart itself is compound (``initial=``), or parallel
+(``type="parallel"``, no ``initial``: every top-level state is a region, and the chart is done when every
+region is in a final state). A state takes ``on`` (event name -> transition), ``after`` (delay ->
 transition: a durable timer), ``on_done`` (when its final child, or every region's, is reached),
 ``entry`` / ``exit`` actions and ``emit`` (an event ingested each time the state is entered). A transition
 is a target, a dict ``{"target", "guard", "actions"}`` or a list of them (the first whose guard passes
@@ -52,6 +56,7 @@ from typing import Any
 
 from garrison.automations.statecharts.definition import Action, ChartDefinition, Guard, Migration, StateNode
 from garrison.automations.statecharts.macrostep import MAX_MICROSTEPS, SOURCE, Macrostep, bounded
+from garrison.automations.statecharts.xstate import from_xstate
 from garrison.core.contract import ApplyContext, Automation, EmitSpec, Message, Outcome, Route, TimerSpec
 from garrison.core.ingest import IngestedEvent
 from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
@@ -88,7 +93,7 @@ class Statechart(Automation):
         self,
         name: str,
         *,
-        initial: str,
+        initial: str | None = None,
         states: Mapping[str, Mapping[str, Any]],
         version: int = 1,
         context: Mapping[str, Any] | Callable[[Message], Mapping[str, Any]] | None = None,
@@ -98,6 +103,8 @@ class Statechart(Automation):
         migrations: Mapping[int, Migration] | None = None,
         on_failure: str = "skip",
         effects: str = "entity",
+        id: str | None = None,
+        type: str = "compound",
     ) -> None:
         super().__init__(name, on_failure=on_failure, effects=effects)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -121,11 +128,33 @@ class Statechart(Automation):
                 )
             self.migrations[old] = fn
         definition = ChartDefinition(
-            name, initial=initial, states=states, on=on, guards=self.guards, actions=self.actions
+            name, initial=initial, states=states, on=on, guards=self.guards, actions=self.actions, root_id=id,
+            root_type=type,
         )
         self.states: dict[str, StateNode] = definition.states
         self.root = definition.root
         self.events = definition.events
+
+    @classmethod
+    def from_xstate(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        version: int = 1,
+        guards: Mapping[str, Guard] | None = None,
+        actions: Mapping[str, Action] | None = None,
+        delays: Mapping[str, Any] | None = None,
+        migrations: Mapping[int, Migration] | None = None,
+    ) -> Statechart:
+        """A statechart from an XState machine configuration (the JSON of ``createMachine({...})``), with
+        its guards and actions given by name as Python functions ``(context, event)`` (plus ``params``
+        when the configuration passes some) and named delays in ``delays=`` (milliseconds, or a
+        duration). The name is the machine's ``id`` unless ``name`` is given. What garrison cannot run
+        (``invoke``, ``always``, history states...) raises :class:`DefinitionError` naming the state and
+        the key; :mod:`garrison.automations.statecharts.xstate` lists it."""
+        spec = from_xstate(config, name=name, guards=guards or {}, actions=actions or {}, delays=delays or {})
+        return cls(spec.pop("name"), version=version, migrations=migrations, **spec)
 
     # -- definition -----------------------------------------------------------------------------
 

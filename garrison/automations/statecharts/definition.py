@@ -87,18 +87,24 @@ class ChartDefinition:
         self,
         name: str,
         *,
-        initial: str,
+        initial: str | None,
         states: Mapping[str, Mapping[str, Any]],
         on: Mapping[str, Any] | None,
         guards: Mapping[str, Guard],
         actions: Mapping[str, Action],
+        root_id: str | None = None,
+        root_type: str = "compound",
     ) -> None:
         self.name = name
         self.guards = guards
         self.actions = actions
         self.states: dict[str, StateNode] = {}
         self._ids: dict[str, StateNode] = {}
-        root_raw = {"initial": initial, "states": states, "on": on or {}}
+        # ``root_id``: targets may name states from the root, as xstate's "#machine.a.b" does.
+        if root_type not in ("compound", "parallel"):
+            raise self._error("", f"the chart itself is compound or parallel, not {root_type!r}", "type")
+        root_raw = {"type": root_type, "initial": initial, "states": states, "on": on or {},
+                    **({"id": root_id} if root_id else {})}
         self.root = self._build(root_raw, "", "", None)
         for node in self.states.values():
             self._link(node)

@@ -224,7 +224,10 @@ class Macrostep:
         self.internal.append(parent)
         grand = parent.parent
         if grand is not None and grand.kind == "parallel" and all(self._in_final(r) for r in grand.children):
-            self.internal.append(grand)
+            if grand is self.chart.root:  # a parallel chart is done when every region is final
+                self.done = True
+            else:
+                self.internal.append(grand)
 
     def _in_final(self, node: StateNode) -> bool:
         if node.kind == "parallel":

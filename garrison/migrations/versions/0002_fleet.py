@@ -42,7 +42,7 @@ INDEXES = [
     ("garrison_pending", "ix_garrison_pending_needs", ["tenant", "needs", "since"], "needs IS NOT NULL"),
     ("garrison_effects", "ix_garrison_effects_open", ["tenant", "automation", "key", "id"],
      "status NOT IN ('done', 'failed')"),
-    ("garrison_entities", "ix_garrison_entities_waiting", ["tenant", "automation", "status"], "status <> 'active'"),
+    ("garrison_entities", "ix_garrison_entities_waiting", ["tenant", "key", "automation"], "status <> 'active'"),
 ]
 def _new_columns() -> list[tuple[str, sa.Column[object]]]:
     """(table, column): columns added to tables of the first release, in the order the models list them

@@ -19,6 +19,7 @@ from garrison.core.relay import relay as relay_work
 from garrison.core.runner import Runner
 from garrison.pulses.fanout import relay_stalled, run_pulse
 from garrison.tasks.app import create_celery
+from garrison.tasks.failures import MessagesFailed, raise_if_failed
 from garrison.tasks.publisher import CeleryPublisher
 
 log = logging.getLogger("garrison.tasks")
@@ -43,11 +44,13 @@ def _after_fork(**_: Any) -> None:
         _client.reset_after_fork()
 
 
-@app.task(name="garrison.process", acks_late=True, ignore_result=True)
+@app.task(name="garrison.process", acks_late=True, ignore_result=True, throws=(MessagesFailed,))
 def process(tenant: str, keys: list[str]) -> dict[str, int]:
     """Apply the pending messages of these keys."""
     results = Runner(client()).run_keys(tenant, keys)
-    return {"messages": sum(r.messages for r in results), "failed": sum(r.failed for r in results)}
+    counts = {"messages": sum(r.messages for r in results), "failed": sum(r.failed for r in results)}
+    raise_if_failed(client(), tenant, keys, counts)  # a failed message shows as a failed task in Flower
+    return counts
 
 
 @app.task(name="garrison.effect", bind=True, acks_late=True, ignore_result=True)

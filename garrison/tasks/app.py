@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery, current_task
+from celery import Celery, Task, current_task
 from celery.app.log import Logging
 from celery.utils.log import ColorFormatter, get_logger
 
@@ -119,7 +119,20 @@ class GarrisonLogging(Logging):
         return receivers
 
 
+class GarrisonTask(Task):
+    """The class of garrison's tasks: a retry keeps the readable arguments (``tenant=acme effect=63 orders
+    key=order-1``) its first delivery had, where Celery would show the raw ``('acme', 63)`` in Flower."""
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: Any = None, throw: bool = True, eta: Any = None,
+              countdown: Any = None, max_retries: Any = None, **options: Any) -> Any:
+        for name in ("argsrepr", "kwargsrepr"):
+            shown = getattr(self.request, name, None)
+            if shown and name not in options:
+                options[name] = shown
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("garrison", set_as_current=False, log=GarrisonLogging)
+    app = Celery("garrison", set_as_current=False, log=GarrisonLogging, task_cls=GarrisonTask)
     app.conf.update(celery_config(settings))
     return app

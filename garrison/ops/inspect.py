@@ -20,6 +20,7 @@ from garrison.clock import as_utc
 from garrison.core.runs import RunInfo, list_runs
 from garrison.core.runtime import Runtime
 from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, STREAMS, VERSIONS
+from garrison.ops.health import beat_status, stall_warning
 
 __all__ = [
     "EffectRow",
@@ -121,6 +122,8 @@ class KeyReport:
     failures: list[FailureRow] = field(default_factory=list)
     effects: list[EffectRow] = field(default_factory=list)
     runs: list[RunInfo] = field(default_factory=list)
+    # Set when the key's pending messages wait past GARRISON_RELAY_AFTER with no beat running.
+    warning: str | None = None
 
     @property
     def pending_count(self) -> int:
@@ -222,6 +225,10 @@ def inspect_key(
             for r in s.execute(effects.order_by(EFFECTS.c.id.desc()).limit(limit)).mappings()
         ]
     report.runs = list_runs(client.db, tenant, automation=automation, key=key, limit=limit, timers=True)
+    if report.pending:
+        age = (client.clock.now() - report.pending[0].created_at).total_seconds()
+        if age > client.settings.relay_after:
+            report.warning = stall_warning(age, client.settings.relay_after, beat_status(client))
     report.failures.reverse()
     report.effects.reverse()
     report.runs.reverse()

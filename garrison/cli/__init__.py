@@ -10,7 +10,7 @@ from garrison.cli.db import db
 from garrison.cli.ingest import ingest
 from garrison.cli.operate import register, watch
 from garrison.cli.pulses import pulses
-from garrison.cli.serve import serve
+from garrison.cli.serve import console, serve
 
 cli.add_command(db)
 cli.add_command(ingest)
@@ -18,6 +18,7 @@ register(cli)
 cli.add_command(pulses)
 pulses.add_command(watch)
 cli.add_command(serve)
+cli.add_command(console)
 
 
 def main() -> None:

@@ -50,6 +50,9 @@ class Settings:
     # HTTP ingest (``garrison serve``): ``tenant:key`` pairs, comma separated. Keep the keys out of the
     # repository (an environment variable or a secrets manager); repr=False keeps them out of logs.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # The console's actions (retry, cancel, pause, resume) need an admin key: ``tenant:key`` pairs like
+    # api_keys. Without any, the console is read-only.
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     # Request bodies over this size are refused (413) before they are parsed.

@@ -22,6 +22,7 @@ from garrison import __version__
 from garrison.client import Garrison
 from garrison.core.ingest import IngestedEvent
 from garrison.errors import PayloadTooLarge, ValidationError
+from garrison.http.console import build_console
 from garrison.http.keys import ApiKeys
 from garrison.http.limits import BodyLimit
 from garrison.http.schemas import (
@@ -160,6 +161,7 @@ def build_app(client: Garrison, *, own_client: bool = False) -> FastAPI:
                                                           "database": type(exc).__name__})
         return HealthOut(status="ok", database="ok")
 
+    app.include_router(build_console(client, keys))
     return app
 
 

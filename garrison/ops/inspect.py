@@ -88,6 +88,7 @@ class FailureRow:
     retry_event_id: int | None
     traceback: str
     created_at: datetime
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +213,7 @@ def inspect_key(
                 id=r["id"], automation=r["automation"], seq=r["seq"], event_id=r["event_id"], message=r["message"],
                 error_type=r["error_type"], error=r["error"], status=r["status"],
                 retry_event_id=r["retry_event_id"], traceback=r["traceback"], created_at=as_utc(r["created_at"]),
+                key=r["key"],
             )
             for r in s.execute(failures.order_by(FAILURES.c.id.desc()).limit(limit)).mappings()
         ]

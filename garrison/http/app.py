@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
@@ -160,6 +160,21 @@ def build_app(client: Garrison, *, own_client: bool = False) -> FastAPI:
             return JSONResponse(status_code=503, content={"status": "unavailable",
                                                           "database": type(exc).__name__})
         return HealthOut(status="ok", database="ok")
+
+    admins = ApiKeys.parse(client.settings.admin_keys)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request, window: float = 60.0) -> Response:
+        """The tenant's figures for Prometheus (the key's tenant; see garrison.http.metrics)."""
+        from garrison.http.metrics import CONTENT_TYPE, render_metrics
+
+        key = presented_key(request)
+        tenant = keys.tenant_for(key) or admins.tenant_for(key)
+        if tenant is None:
+            raise _unauthorized()
+        if not 0 < window <= 86400:
+            raise ValidationError("window must be between 0 and 86400 seconds", field="window")
+        return Response(render_metrics(client, tenant, window), media_type=CONTENT_TYPE)
 
     app.include_router(build_console(client, keys))
     return app

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from pathlib import Path
 
 
 def main(path: str) -> int:
     namespace: dict[str, object] = {"__name__": "__docs__"}
-    for block in json.loads(open(path).read()):
+    for block in json.loads(Path(path).read_text()):
         try:
             exec(compile(block["code"], block["where"], "exec"), namespace)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 - any failure of a snippet is reported with its block
             print(f"the block at {block['where']} failed:", file=sys.stderr)
             traceback.print_exc()
             return 1

@@ -38,6 +38,13 @@ def client() -> Garrison:
     return _client
 
 
+def bind(celery_app: Celery, bound: Settings) -> None:
+    """From now on the tasks' client publishes through ``celery_app`` (``install(app)``: a user's app)."""
+    global _client
+    _client = Garrison(bound, publisher=CeleryPublisher(bound, celery_app))
+    configure(_client)
+
+
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     if _client is not None:
@@ -99,4 +106,6 @@ def relay() -> int:
     return report.total + len(stalled)
 
 
-__all__ = ["app", "client", "effect", "process", "pulse", "relay", "timers"]
+from garrison.tasks.install import install  # noqa: E402 - garrison.tasks.install(app): tasks in your Celery app
+
+__all__ = ["app", "bind", "client", "effect", "install", "process", "pulse", "relay", "timers"]

@@ -65,6 +65,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'garrison.db'}")
+        elif self.database_url.startswith("postgres://"):  # Heroku-style URLs: SQLAlchemy knows postgresql://
+            object.__setattr__(self, "database_url", "postgresql://" + self.database_url[len("postgres://"):])
         if not self.broker_url:
             object.__setattr__(self, "broker_url", "filesystem://")
         if not self.tenant:

@@ -44,7 +44,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import OperationalError
 
 from garrison.config import Settings
-from garrison.core.db import Database
+from garrison.core.db import Database, explain
 from garrison.errors import GarrisonError, MigrationError
 from garrison.models import metadata
 
@@ -230,6 +230,9 @@ def _connect(settings: Settings, lock: bool = True) -> Iterator[Connection]:
             conn = db.engine.connect()
         except OperationalError as exc:
             url = make_url(settings.database_url).render_as_string(hide_password=True)
+            explained = explain(exc, settings.database_url)
+            if explained is not None and "does not exist" in explained:
+                raise MigrationError(explained.replace(", then run `garrison db upgrade`", ""), database=url) from exc
             raise MigrationError(f"cannot reach the database {url}: {exc.orig}", database=url) from exc
         with conn, conn.begin():
             if lock and db.dialect == "postgresql":

@@ -213,9 +213,10 @@ def ingest(
 
 
 def _check_target(client: Garrison, target: str, name: str, where: str) -> None:
-    """With the automations configured, a target (and a machine's reducer) must exist, as in the CLI;
-    without them the server cannot know, and the event is stored as sent."""
-    if not client.settings.automations:
+    """With the automations configured (GARRISON_AUTOMATIONS, or given to the client), a target (and a
+    machine's reducer) must exist, as in the CLI; without them the server cannot know, and the event is
+    stored as sent."""
+    if not client.settings.automations and not len(client.registry):
         return
     if target not in client.registry:
         raise ValidationError(

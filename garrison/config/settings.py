@@ -60,6 +60,8 @@ class Settings:
     log_level: str = "INFO"
     # text (a line with [tenant=... key=...] after the message) or json (one object per line).
     log_format: str = "text"
+    # "otel": OpenTelemetry spans for ingest, tasks, applies and effects (the otel extra); "" for none.
+    tracing: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +80,10 @@ class Settings:
         if self.log_format not in ("text", "json"):
             raise ConfigurationError(
                 f"GARRISON_LOG_FORMAT={self.log_format!r} is not valid: use text or json", field="log_format"
+            )
+        if self.tracing not in ("", "otel"):
+            raise ConfigurationError(
+                f"GARRISON_TRACING={self.tracing!r} is not valid: use otel, or leave it empty", field="tracing"
             )
         if self.timer_horizon >= self.broker_visibility_timeout:
             raise ConfigurationError(

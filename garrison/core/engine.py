@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, Select, and_, bindparam, func, insert, sel
 
 from garrison.clock import Clock, as_utc
 from garrison.config import Settings
-from garrison.core import pgbulk
+from garrison.core import instrument, pgbulk
 from garrison.core.contract import ApplyContext, Message, Outcome
 from garrison.core.db import Database
 from garrison.core.ingest import EventIn, write_events
@@ -39,7 +39,7 @@ __all__ = [
 
 EVENT_COLUMNS = (
     EVENTS.c.id, EVENTS.c.key, EVENTS.c.seq, EVENTS.c.name, EVENTS.c.data,
-    EVENTS.c.target, EVENTS.c.created_at, EVENTS.c.system, EVENTS.c.idempotency_key,
+    EVENTS.c.target, EVENTS.c.created_at, EVENTS.c.system, EVENTS.c.idempotency_key, EVENTS.c.trace,
 )
 
 
@@ -47,7 +47,7 @@ def to_message(tenant: str, row: Any) -> Message:
     return Message(
         tenant=tenant, key=row.key, seq=row.seq, event_id=row.id, name=row.name, data=row.data,
         target=row.target, created_at=as_utc(row.created_at), system=row.system,
-        idempotency_key=getattr(row, "idempotency_key", None),
+        idempotency_key=getattr(row, "idempotency_key", None), trace=getattr(row, "trace", None),
     )
 
 
@@ -187,7 +187,8 @@ class Engine:
                         slot.cursor = row.seq
                         slot.dirty = True
                     try:
-                        with log_context(automation=automation.name, key=row.key, event_id=row.id):
+                        with log_context(automation=automation.name, key=row.key, event_id=row.id), \
+                                instrument.current().applying(message, automation.name):
                             outcome = automation.apply(
                                 slot.state,
                                 message,

@@ -37,6 +37,7 @@ class EventIn:
     idempotency_key: str | None = None
     target: str | None = None
     system: bool = False
+    trace: str | None = None  # a W3C traceparent (garrison.core.instrument), stored with the event
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +214,8 @@ def _write_fresh(
                 row["i"] = e.idempotency_key
             if e.system:
                 row["y"] = True
+            if e.trace is not None:
+                row["r"] = e.trace
             rows.append(row)
         by_key_seq = pgbulk.events_insert(session, tenant, rows, now)
         ids = [by_key_seq[(events[i].key, seq)] for i, seq in zip(fresh, seqs, strict=True)]
@@ -221,7 +224,8 @@ def _write_fresh(
             insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True),
             [{"tenant": tenant, "key": events[i].key, "seq": seq, "name": events[i].name, "data": events[i].data,
               "target": events[i].target, "idempotency_key": events[i].idempotency_key,
-              "system": events[i].system, "created_at": now} for i, seq in zip(fresh, seqs, strict=True)],
+              "system": events[i].system, "trace": events[i].trace, "created_at": now}
+             for i, seq in zip(fresh, seqs, strict=True)],
         ).scalars())
     for i, seq, event_id in zip(fresh, seqs, ids, strict=True):
         e = events[i]

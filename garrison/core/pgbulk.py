@@ -33,9 +33,10 @@ _STREAMS = text("""
     RETURNING key, last_seq
 """)
 _EVENTS = text("""
-    INSERT INTO garrison_events (tenant, key, seq, name, data, target, idempotency_key, system, created_at)
-    SELECT :tenant, r.k, r.s, r.n, r.d, r.t, r.i, coalesce(r.y, false), :now
-    FROM json_to_recordset(CAST(:rows AS json)) AS r(k text, s bigint, n text, d jsonb, t text, i text, y boolean)
+    INSERT INTO garrison_events (tenant, key, seq, name, data, target, idempotency_key, system, trace, created_at)
+    SELECT :tenant, r.k, r.s, r.n, r.d, r.t, r.i, coalesce(r.y, false), r.r, :now
+    FROM json_to_recordset(CAST(:rows AS json))
+         AS r(k text, s bigint, n text, d jsonb, t text, i text, y boolean, r text)
     RETURNING id, key, seq
 """)
 _CURSORS_INIT = text("""
@@ -74,7 +75,7 @@ def streams_bump(session: Any, tenant: str, counts: dict[str, int], now: datetim
 def events_insert(
     session: Any, tenant: str, rows: Sequence[dict[str, Any]], now: datetime
 ) -> dict[tuple[str, int], int]:
-    """Insert events given as ``{k, s, n, d, t?, i?, y?}``; returns their ids by (key, seq), which is unique."""
+    """Insert events given as ``{k, s, n, d, t?, i?, y?, r?}``; returns their ids by (key, seq), which is unique."""
     result = session.execute(_EVENTS, {"tenant": tenant, "now": now, "rows": dumps(list(rows))})
     return {(k, int(s)): int(i) for i, k, s in result}
 

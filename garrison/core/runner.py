@@ -9,6 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import select, update
 
+from garrison.core import instrument
 from garrison.core.contract import EffectContext, EffectSpec
 from garrison.core.engine import BatchResult, pending_keys
 from garrison.core.runtime import Runtime
@@ -124,7 +125,8 @@ class Runner:
             idempotency_key=f"{tenant}:effect:{effect_id}", client=self.client, final_attempt=final_attempt,
         )
         try:
-            with log_context(tenant=tenant, automation=row["automation"], key=row["key"], effect_id=effect_id):
+            with log_context(tenant=tenant, automation=row["automation"], key=row["key"], effect_id=effect_id), \
+                    instrument.current().performing(tenant, row["automation"], row["key"], effect_id, row["kind"]):
                 automation.perform(EffectSpec(row["kind"], row["payload"]), ctx)
         except Exception as exc:
             with db.session() as s:

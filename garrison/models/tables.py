@@ -64,6 +64,9 @@ class Event(SQLModel, table=True):
     idempotency_key: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
     system: bool = False
     created_at: datetime = _when()
+    # The W3C traceparent the event was ingested under, when tracing is on (GARRISON_TRACING=otel). Last,
+    # where the migration that added it (0006) puts it.
+    trace: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
 
 
 class Stream(SQLModel, table=True):

@@ -133,6 +133,10 @@ class GarrisonTask(Task):
 
 
 def create_celery(settings: Settings) -> Celery:
+    if settings.tracing == "otel":  # only then is OpenTelemetry imported (the otel extra)
+        from garrison.tasks.tracing import connect
+
+        connect()
     app = Celery("garrison", set_as_current=False, log=GarrisonLogging, task_cls=GarrisonTask)
     app.conf.update(celery_config(settings))
     return app

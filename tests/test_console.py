@@ -137,6 +137,8 @@ def test_the_console_shows_a_workers_data_escapes_it_scopes_it_by_tenant_and_ret
 
         wait_until(completed, timeout=60, what="the retried run to complete")
         assert "welcome sent to u-1" in page.inner_text(".calls")
+        assert page.locator("svg.timeline .earlier").count() == 1  # the failed try, before the retry
+        assert "after 1 failed try and a retry" in page.inner_text(".calls")
         page.screenshot(path=str(shots / "run-completed.png"), full_page=True)
 
         # Retry a failure and pause a pulse from their pages.

@@ -13,7 +13,7 @@ does not depend on where run history is stored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,6 +45,8 @@ class Call:
     due: datetime | None = None
     attempts: int = 0
     error: str | None = None
+    # Earlier tries of a step that failed for good (a run retried after it failed): (start, end, error).
+    earlier: tuple[tuple[datetime, datetime, str | None], ...] = ()
 
     @property
     def label(self) -> str:
@@ -82,11 +84,13 @@ def build_timeline(client: Runtime, run: RunInfo) -> Timeline:
     """The calls of ``run`` (from ``client.run(id)``) with their times, read from its steps' effects and
     its timers."""
     now = client.clock.now()
-    steps, timers = _rows(client, run)
+    steps, timers, earlier = _rows(client, run)
     calls: list[Call] = []
     previous = run.started_at
     for index, op in enumerate(run.history):
         call = _done_call(index, op, previous, steps.get(index), timers.get(index))
+        if earlier.get(index):
+            call = replace(call, start=earlier[index][0][0], earlier=tuple(earlier[index]))
         calls.append(call)
         previous = max(previous, call.end or previous)
     open_index = len(run.history)
@@ -146,10 +150,14 @@ def _done_call(index: int, op: dict[str, Any], previous: datetime, step: dict[st
     return Call(index, kind, name, start, start, "done", op.get("result"))
 
 
-def _rows(client: Runtime, run: RunInfo) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
-    """The run's step effects and timers, by the history position (op) they belong to."""
+def _rows(client: Runtime, run: RunInfo) -> tuple[
+    dict[int, dict[str, Any]], dict[int, dict[str, Any]], dict[int, list[tuple[datetime, datetime, str | None]]]
+]:
+    """The run's step effects (the newest per op, and the earlier ones that failed) and timers, by the
+    history position (op) they belong to."""
     steps: dict[int, dict[str, Any]] = {}
     timers: dict[int, dict[str, Any]] = {}
+    earlier: dict[int, list[tuple[datetime, datetime, str | None]]] = {}
     prefix = f"{run.number}:"
     with client.db.session() as s:
         for r in s.execute(
@@ -162,7 +170,10 @@ def _rows(client: Runtime, run: RunInfo) -> tuple[dict[int, dict[str, Any]], dic
             payload = r.payload or {}
             if payload.get("run") != run.number or not isinstance(payload.get("op"), int):
                 continue
-            steps[payload["op"]] = {
+            op = payload["op"]
+            if op in steps and steps[op]["status"] == "failed":  # a run retry tried this step again
+                earlier.setdefault(op, []).append((steps[op]["created_at"], as_utc(r.created_at), steps[op]["error"]))
+            steps[op] = {
                 "name": str(payload.get("step") or ""), "created_at": as_utc(r.created_at),
                 "done_at": as_utc(r.done_at) if r.done_at else None, "attempts": int(r.attempts or 0),
                 "error": r.error, "status": r.status,
@@ -176,7 +187,7 @@ def _rows(client: Runtime, run: RunInfo) -> tuple[dict[int, dict[str, Any]], dic
             if op.isdigit():
                 timers[int(op)] = {"created_at": as_utc(r.created_at), "due_at": as_utc(r.due_at),
                                    "fired_at": as_utc(r.fired_at) if r.fired_at else None, "status": r.status}
-    return steps, timers
+    return steps, timers, earlier
 
 
 def _when(text: Any) -> datetime | None:

@@ -142,7 +142,7 @@ def check_garrison(args: list[str]) -> None:
     group: click.Command = cli
     ctx = group.make_context("garrison", list(args), resilient_parsing=False)
     while isinstance(group, click.Group):
-        rest = [*ctx.protected_args, *ctx.args]
+        rest = [*getattr(ctx, "_protected_args", []), *ctx.args]  # click 9 folds them into args
         if not rest:
             return
         name, *rest = rest

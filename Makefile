@@ -24,16 +24,18 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/garrison demo
 
-## Start PostgreSQL and Redis when installed but stopped (with CI=true a missing one fails the run).
+## Start PostgreSQL and Redis when installed but stopped, and install Chromium for the console's browser
+## tests when it is missing (with CI=true a missing one fails the run).
 services:
 	bash scripts/ensure-services
 
-## Lint, type-check, check the layer contracts, then run the whole suite against PostgreSQL + Redis and
-## against SQLite, in parallel.
+## Lint, type-check, check the layer contracts, build the docs strictly (a warning fails), then run the
+## whole suite (every docs snippet included) against PostgreSQL + Redis and against SQLite, in parallel.
 test: $(VENV)/.installed-test services
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .site
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 lint: $(VENV)/.installed-test
@@ -48,4 +50,4 @@ bench: $(VENV)/.installed-test services
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .garrison .garrison-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .garrison .garrison-demo .pytest_cache .mypy_cache .ruff_cache .site test-artifacts

@@ -31,6 +31,13 @@ class Garrison(Runtime):
     replaces the Celery publisher (tests use it to drop messages); ``clock`` replaces system time.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.settings.tracing == "otel":  # OpenTelemetry is imported only then (the otel extra)
+            from garrison.ops.tracing import enable
+
+            enable()
+
     def run_pending(self, tenant: str | None = None, *, effects: bool = True) -> int:
         """Apply every pending message of a tenant in this process, with no worker, and perform the
         effects inline. For scripts, tests and notebooks; production leaves this to the workers."""

@@ -8,7 +8,7 @@ A record that names a field itself (``log.warning(..., extra={"key": k})``) keep
 Two formats, chosen by ``GARRISON_LOG_FORMAT``:
 
 - ``text`` (the default): the usual line, the known fields after it: ``... handler failed [tenant=acme
-  automation=orders key=order-1 event_id=42]``.
+  automation=orders key=order-1 event_id=42 error=ValueError('no total')]``.
 - ``json``: one JSON object per line (``ts``, ``level``, ``logger``, ``message``, the fields, any other
   ``extra``, ``exc_info``), for log shippers.
 
@@ -45,7 +45,8 @@ __all__ = [
 
 FORMATS = ("text", "json")
 # The fields an operator looks for first, in the order they are shown; any other context field follows.
-FIELDS = ("tenant", "automation", "key", "event_id", "effect_id", "slot_id")
+# ``error`` last: the exception a failed handler or effect raised, so its line says what went wrong.
+FIELDS = ("tenant", "automation", "key", "event_id", "effect_id", "slot_id", "error")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})

@@ -169,3 +169,36 @@ def start_beat(settings: Settings, log: Path, *, env: dict[str, str] | None = No
 
     wait_until(ready, timeout=60, what="beat to start")
     return beat
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(settings: Settings, log: Path, *, command: str = "serve") -> tuple[WorkerProcess, str]:
+    """Start ``garrison serve`` (or ``garrison console``) on a free port; returns it and its base URL once
+    ``/healthz`` answers."""
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "garrison.cli", command, "--port", str(port)], cwd=ROOT, env=child_env(settings),
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    server = WorkerProcess(proc, log)
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"garrison {command} exited with {proc.returncode}:\n{server.output}")
+        try:
+            return httpx.get(f"{base}/healthz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(healthy, timeout=30, what=f"garrison {command} to answer /healthz")
+    return server, base

@@ -368,6 +368,13 @@ def _instructions() -> list[tuple[str, str]]:
     return out
 
 
+def test_garrison_image_names_the_users_own_image_built_from_garrisons_for_every_garrison_service() -> None:
+    # A user's image built FROM garrison:latest keeps its own tag: compose runs it instead of garrison's.
+    mine = {name: s for name, s in load({**SECRETS, "GARRISON_IMAGE": "myapp-garrison:1.0"})["services"].items()
+            if "build" in s}
+    assert {s["image"] for s in mine.values()} == {"myapp-garrison:1.0"} and set(mine) == set(built())
+
+
 def test_the_image_is_python_311_slim_and_runs_as_a_user_that_is_not_root() -> None:
     steps = _instructions()
     assert steps[0] == ("FROM", "python:3.11-slim")

@@ -419,3 +419,51 @@ def test_manage_py_garrison_is_the_garrison_command_with_djangos_settings(
     )
     assert done.returncode == 0, done.stderr
     assert [(k, data) for k, _, data in events()] == [("user-9", {"email": "c@d.e"})]
+
+
+# -- Celery's Django settings: honoured or refused, never silently ignored -----------------------------
+
+
+def test_celery_broker_url_is_garrisons_broker_when_garrison_names_none_and_a_real_worker_applies(
+    garrison_settings: Settings, worker: Worker
+) -> None:
+    from django.test import override_settings
+
+    config = {k: v for k, v in django_config(garrison_settings).items() if k != "BROKER_URL"}
+    with override_settings(GARRISON=config, CELERY_BROKER_URL=garrison_settings.broker_url):
+        assert client().settings.broker_url == garrison_settings.broker_url  # Redis, not the folder default
+        start(worker, garrison_settings)  # consumes Redis only: the event reaches it through Redis
+        ana = user("celery-ana")
+        assert web().post(f"/users/{ana.pk}/email", {"email": "ana@example.com"}).status_code == 200
+        wait_until(lambda: (emails_state(f"user-{ana.pk}") or {}).get("count") == 1, timeout=30,
+                   what="the worker on CELERY_BROKER_URL to apply it")
+
+
+def test_a_celery_broker_url_other_than_garrisons_is_refused_naming_both_settings(garrison_settings: Settings) -> None:
+    from django.test import override_settings
+
+    config = django_config(garrison_settings, BROKER_URL="redis://127.0.0.1:6379/3")
+    with override_settings(GARRISON=config, CELERY_BROKER_URL="redis://:pw@127.0.0.1:6379/4"), \
+            pytest.raises(ConfigurationError) as info:
+        client()
+    assert info.value.field == "CELERY_BROKER_URL"
+    assert "settings.CELERY_BROKER_URL = 'redis://:***@127.0.0.1:6379/4'" in info.value.message
+    assert "redis://127.0.0.1:6379/3" in info.value.message and "pw" not in info.value.message
+
+
+def test_celery_settings_garrison_cannot_run_with_are_refused_and_the_rest_are_named_in_the_log(
+    garrison_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.test import override_settings
+
+    with override_settings(CELERY_ACCEPT_CONTENT=["json", "pickle"], GARRISON=django_config(garrison_settings)), \
+            pytest.raises(ConfigurationError) as info:
+        client()
+    assert "settings.CELERY_ACCEPT_CONTENT = ['json', 'pickle']; garrison needs ['json']" in info.value.message
+    with override_settings(CELERY_TIMEZONE="Europe/Paris", CELERY_RESULT_BACKEND="redis://127.0.0.1:6379/5",
+                           GARRISON=django_config(garrison_settings)):
+        with caplog.at_level("WARNING", logger="garrison.django"):
+            client()
+        lines = [r.getMessage() for r in caplog.records if r.name == "garrison.django"]
+        assert lines and all("CELERY_RESULT_BACKEND, CELERY_TIMEZONE" in line and "not garrison's worker" in line
+                             for line in lines)

@@ -113,3 +113,45 @@ def test_flower_with_basic_auth_shows_garrison_tasks_by_name_with_tenant_and_key
     assert wait_until(metric, what="flower_events_total for garrison.process") >= 1
     # /metrics and /healthcheck are not behind basic auth (Prometheus scrapes them): keep the port private.
     assert _get(f"{url}/metrics").status_code == 200
+
+
+def test_a_failed_message_shows_as_a_failed_task_in_flower_and_a_retried_effect_keeps_readable_arguments(
+    settings_for: Callable[..., Settings], worker: Callable[..., WorkerProcess], flower: FlowerStarter
+) -> None:
+    from tests.apps.console import shop
+
+    settings = settings_for("postgres", automations=("tests.apps.counter", "tests.apps.console"),
+                            effect_max_retries=1)
+    proc = worker(settings)
+    url = flower(settings, FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
+    client = Garrison(settings)
+    try:
+        counter.send("add", "bad-1", {"n": 1, "boom": True}, tenant="acme", client=client)
+        shop.send("placed", "o-1", {"total": 3, "listener_fails": True}, tenant="acme", client=client)
+        wait_until(lambda: client.failures(tenant="acme"), what="the failure recorded")
+    finally:
+        client.db.dispose()
+
+    def failed(name: str) -> list[dict[str, Any]]:
+        return [t for t in _tasks(url).values() if t["name"] == name and t["state"] == "FAILURE"]
+
+    # The task that applied the failed message is a failure, and says which failure to look at.
+    [process] = wait_until(lambda: failed("garrison.process"), timeout=30, what="flower to see a failed process")
+    assert "keys=[bad-1]" in process["args"]
+    assert "1 of 1 messages failed" in process["exception"] and "boom for 1" in process["exception"]
+    assert "counter key=bad-1" in process["exception"]
+
+    def failed_events() -> float:
+        found = re.search(r'^flower_events_total\{task="garrison\.process",type="task-failed",[^}]*\} (\S+)$',
+                          _get(f"{url}/metrics").text, re.MULTILINE)
+        return float(found.group(1)) if found else 0.0
+
+    assert wait_until(failed_events, what="flower to count the task-failed event") >= 1
+    # The worker's line for the failed handler names the exception.
+    assert re.search(r"handler failed \[tenant=acme automation=counter key=bad-1 event_id=\d+ "
+                     r"error=ValueError\('boom for 1'\)\]", proc.output), proc.output
+
+    # The listener failed, was retried once, then failed for good: its arguments stayed readable.
+    [effect] = wait_until(lambda: failed("garrison.effect"), timeout=60, what="the effect to fail for good")
+    assert effect["retries"] == 1
+    assert re.fullmatch(r"tenant=acme effect=\d+ shop key=o-1", effect["args"]), effect["args"]

@@ -223,4 +223,6 @@ def test_a_real_worker_in_text_format_puts_the_fields_after_each_message(
     assert heard_line.endswith("listener saw version 1 [tenant=acme automation=chatty key=w-1 effect_id=1]")
     assert heard_line.startswith("[")  # Celery's own layout before it: [time: LEVEL/process]
     [failed] = [line for line in lines if "handler failed" in line]
-    assert failed.endswith("handler failed [tenant=acme automation=chatty key=w-2 event_id=2]")
+    # The line of a failed handler names its exception.
+    assert failed.endswith("handler failed [tenant=acme automation=chatty key=w-2 event_id=2 "
+                           "error=ValueError('chatty refused it')]")

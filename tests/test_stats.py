@@ -141,3 +141,26 @@ def test_the_stats_command_prints_the_figures_as_a_table_or_json(scene: Scene) -
     refused = CliRunner(env=env).invoke(cli, ["stats", "--window", "soon"])
     assert refused.exit_code == 2 and refused.stderr.startswith("error: window 'soon' is not a duration")
     assert refused.stderr.rstrip().endswith("(field: window)")
+
+
+def test_stats_and_inspect_say_so_when_messages_wait_past_the_relay_delay_and_no_beat_runs(scene: Scene) -> None:
+    from garrison.core.leases import acquire, new_owner
+    from garrison.pulses.beat import FLEET, LEASE
+
+    stats = collect_stats(scene.client, window=60)
+    assert stats.beat is not None and not stats.beat.running
+    assert stats.stalled is not None and stats.stalled.startswith("no beat is running")
+    assert "has waited 10.0s (more than GARRISON_RELAY_AFTER=1s)" in stats.stalled
+    env = scene.client.settings.as_env()
+    shown = CliRunner(env=env).invoke(cli, ["stats"], catch_exceptions=False)
+    assert "\nwarning   no beat is running, and the oldest pending message has waited" in shown.stdout
+    assert json.loads(CliRunner(env=env).invoke(cli, ["stats", "--json"]).stdout)["stalled"].startswith("no beat")
+    inspected = CliRunner(env=env).invoke(cli, ["inspect", "d"], catch_exceptions=False)
+    assert "\nwarning: no beat is running" in inspected.stdout
+
+    # With a beat holding its lease, the relay is on it: nothing to warn about.
+    acquire(scene.client.db, FLEET, LEASE, new_owner("beat"), 600, scene.clock.now())
+    stats = collect_stats(scene.client, window=60)
+    assert stats.beat is not None and stats.beat.running and stats.stalled is None
+    assert "warning" not in CliRunner(env=env).invoke(cli, ["stats"]).stdout
+    assert "warning" not in CliRunner(env=env).invoke(cli, ["inspect", "d"]).stdout

@@ -12,7 +12,7 @@ from garrison.cli.follow import follow
 from garrison.cli.ingest import ingest
 from garrison.cli.operate import register, watch
 from garrison.cli.pulses import pulses
-from garrison.cli.serve import serve
+from garrison.cli.serve import console, serve
 
 cli.add_command(db)
 cli.add_command(ingest)
@@ -23,6 +23,7 @@ cli.add_command(serve)
 cli.add_command(skip)
 cli.add_command(automations)
 cli.add_command(follow)
+cli.add_command(console)
 
 
 def main() -> None:

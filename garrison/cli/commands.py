@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from garrison import __version__
 from garrison.client import Garrison
 from garrison.config import Settings
+from garrison.core.db import explain, safe_url
 from garrison.errors import ConfigurationError, GarrisonError, ValidationError
 from garrison.logs import ContextFilter, JsonFormatter, context_suffix
 
@@ -86,8 +88,41 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
             fail(f"{exc.message}{where}", 2)
         except GarrisonError as exc:
             fail(str(exc), 1)
+        except DBAPIError as exc:
+            message = explain(exc, _database_url())
+            if message is None:
+                raise
+            fail(message, 2)
 
     return wrapper
+
+
+def _database_url() -> str:
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(Context) if ctx is not None else None
+    try:
+        return obj.settings.database_url if obj is not None else ""
+    except GarrisonError:
+        return ""
+
+
+def check_database(settings: Settings) -> None:
+    """Before a worker or beat starts: the database answers and has garrison's tables, or one line says
+    what to do (rather than a traceback per task later)."""
+    from sqlalchemy import select
+
+    from garrison.core.db import Database
+    from garrison.models import EVENTS
+
+    db = Database(settings)
+    try:
+        with db.session() as s:
+            s.execute(select(EVENTS.c.id).limit(1)).all()
+    except DBAPIError as exc:
+        fail(explain(exc, settings.database_url) or f"the database at {safe_url(settings.database_url)} "
+             f"cannot be used: {exc.orig}", 2)
+    finally:
+        db.dispose()
 
 
 class _EchoHandler(logging.Handler):
@@ -194,6 +229,7 @@ def worker(
     if hostname:
         argv += ["--hostname", hostname]
     argv += celery_args
+    check_database(settings)
     _export(settings)
     from garrison.tasks import app
 
@@ -212,6 +248,7 @@ def beat(obj: Context, loglevel: str | None, celery_args: tuple[str, ...]) -> No
     safe: only the holder of the fleet's SQL lease opens pulse slots, and it takes over when the first dies.
     """
     settings = obj.settings
+    check_database(settings)
     _export(settings)
     from garrison.tasks import app
 

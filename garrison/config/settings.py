@@ -69,6 +69,9 @@ class Settings:
     # HTTP ingest (``garrison serve``): ``tenant:key`` pairs, comma separated. Keep the keys out of the
     # repository (an environment variable or a secrets manager); repr=False keeps them out of logs.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # The console's actions (retry, cancel, pause, resume) need an admin key: ``tenant:key`` pairs like
+    # api_keys. Without any, the console is read-only.
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     # Request bodies over this size are refused (413) before they are parsed.
@@ -92,6 +95,8 @@ class Settings:
     log_level: str = "INFO"
     # text (a line with [tenant=... key=...] after the message) or json (one object per line).
     log_format: str = "text"
+    # "otel": OpenTelemetry spans for ingest, tasks, applies and effects (the otel extra); "" for none.
+    tracing: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -99,6 +104,8 @@ class Settings:
             object.__setattr__(self, "data_dir", Path(self.data_dir))
         if not self.database_url:
             object.__setattr__(self, "database_url", f"sqlite:///{self.data_dir / 'garrison.db'}")
+        elif self.database_url.startswith("postgres://"):  # Heroku-style URLs: SQLAlchemy knows postgresql://
+            object.__setattr__(self, "database_url", "postgresql://" + self.database_url[len("postgres://"):])
         if not self.broker_url:
             object.__setattr__(self, "broker_url", "filesystem://")
         if not self.tenant:
@@ -125,6 +132,10 @@ class Settings:
         if self.log_format not in ("text", "json"):
             raise ConfigurationError(
                 f"GARRISON_LOG_FORMAT={self.log_format!r} is not valid: use text or json", field="log_format"
+            )
+        if self.tracing not in ("", "otel"):
+            raise ConfigurationError(
+                f"GARRISON_TRACING={self.tracing!r} is not valid: use otel, or leave it empty", field="tracing"
             )
         if self.timer_horizon >= self.broker_visibility_timeout:
             raise ConfigurationError(

@@ -2,19 +2,24 @@
 
 ::
 
+    from flask import Blueprint, Flask, request
     from garrison.contrib.flask import Garrison
 
     garrison = Garrison()
+    views = Blueprint("newsletter", __name__)
+
+    @views.post("/subscribe")
+    def subscribe():
+        email = request.form["email"]
+        event = garrison.ingest("app/newsletter.subscribed", email, {"email": email})
+        return {"event": event.id}, 202
 
     def create_app():
         app = Flask(__name__)
         app.config["GARRISON_AUTOMATIONS"] = ["newsletter.automations"]
         garrison.init_app(app)
+        app.register_blueprint(views)
         return app
-
-    @app.post("/subscribe")
-    def subscribe():
-        event = garrison.ingest("app/newsletter.subscribed", email, {"email": email})
 
 ``GARRISON_*`` keys of ``app.config`` are garrison's settings (``GARRISON_DATABASE_URL``,
 ``GARRISON_BROKER_URL``, ``GARRISON_TENANT``, ``GARRISON_AUTOMATIONS``...); what the config leaves out

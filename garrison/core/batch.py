@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from garrison.core import instrument
 from garrison.core.contract import ApplyContext, Automation, Message, Outcome, Route
 from garrison.core.jsondata import JSON
 from garrison.core.registry import Registry
@@ -189,7 +190,8 @@ class Batch:
                 continue
             self.out.applied += 1
             try:
-                with log_context(automation=automation.name, key=unit.key, event_id=message.event_id):
+                with log_context(automation=automation.name, key=unit.key, event_id=message.event_id), \
+                        instrument.current().applying(message, automation.name):
                     outcome = automation.apply(state, message, self.context(message, version))
             except Exception as exc:  # noqa: BLE001 - a handler's error is data (guarantee 7)
                 self._failed(automation, slot, unit, message, exc)

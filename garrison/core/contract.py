@@ -34,6 +34,8 @@ class Message:
     created_at: datetime
     system: bool = False
     idempotency_key: str | None = None
+    # The trace context the event was ingested under (W3C traceparent), when tracing is on.
+    trace: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

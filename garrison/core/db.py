@@ -9,6 +9,7 @@ with WAL it reads the last commit while an engine batch holds the lock, instead 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -124,6 +125,41 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+def explain(exc: BaseException, url: str) -> str | None:
+    """One line a person can act on for a database error that is about the setup rather than garrison:
+    tables not created yet, a database that does not exist, a server that cannot be reached. None for
+    anything else (then the error itself is the best description)."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause)
+    where = safe_url(url)
+    if "no such table" in text or type(cause).__name__ == "UndefinedTable" or re.search(
+            r'relation "garrison_\w+" does not exist', text):
+        return (f"garrison's tables are not in {where} yet: run `garrison db upgrade` (on every deploy, "
+                "before the workers start)")
+    missing = re.search(r'database "([^"]+)" does not exist', text)
+    if missing:
+        return (f"the database {missing.group(1)!r} does not exist ({where}): create it, e.g. "
+                f"`createdb {missing.group(1)}`, or point GARRISON_DATABASE_URL at one that does, then run "
+                "`garrison db upgrade`")
+    if "password authentication failed" in text:
+        return f"the database refused the user and password of {where}: check GARRISON_DATABASE_URL"
+    if any(s in text for s in ("Connection refused", "could not connect", "connection failed", "timeout expired",
+                               "could not translate host name", "unable to open database file")):
+        first = next((line.strip() for line in text.splitlines() if line.strip()), text)
+        return f"cannot reach the database at {where}: {first}"
+    return None
 
 
 def _create_engine(settings: Settings) -> Engine:

@@ -34,7 +34,7 @@ __all__ = ["EVENT_COLUMNS", "BatchResult", "Engine", "lookup_in", "processed_seq
 
 EVENT_COLUMNS = (
     EVENTS.c.id, EVENTS.c.key, EVENTS.c.seq, EVENTS.c.name, EVENTS.c.data,
-    EVENTS.c.target, EVENTS.c.created_at, EVENTS.c.system, EVENTS.c.idempotency_key,
+    EVENTS.c.target, EVENTS.c.created_at, EVENTS.c.system, EVENTS.c.idempotency_key, EVENTS.c.trace,
 )
 
 
@@ -42,7 +42,7 @@ def to_message(tenant: str, row: Any) -> Message:
     return Message(
         tenant=tenant, key=row.key, seq=row.seq, event_id=row.id, name=row.name, data=row.data,
         target=row.target, created_at=as_utc(row.created_at), system=row.system,
-        idempotency_key=getattr(row, "idempotency_key", None),
+        idempotency_key=getattr(row, "idempotency_key", None), trace=getattr(row, "trace", None),
     )
 
 

@@ -39,6 +39,7 @@ class EventIn:
     idempotency_key: str | None = None
     target: str | None = None
     system: bool = False
+    trace: str | None = None  # a W3C traceparent (garrison.core.instrument), stored with the event
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +229,8 @@ def _write_fresh(
                 row["i"] = e.idempotency_key
             if e.system:
                 row["y"] = True
+            if e.trace is not None:
+                row["r"] = e.trace
             rows.append(row)
         stored, wake = pgbulk.ingest(session, tenant, rows, now, atomic=atomic)
         # Within a key, sequence numbers follow the order given.
@@ -262,7 +265,8 @@ def _write_fresh(
             insert(EVENTS).returning(EVENTS.c.id, sort_by_parameter_order=True),
             [{"tenant": tenant, "key": events[i].key, "seq": seq, "name": events[i].name, "data": events[i].data,
               "target": events[i].target, "idempotency_key": events[i].idempotency_key,
-              "system": events[i].system, "batch_id": batch[0], "batch_size": batch[1], "created_at": now}
+              "system": events[i].system, "batch_id": batch[0], "batch_size": batch[1], "trace": events[i].trace,
+              "created_at": now}
              for i, seq in zip(fresh, seqs, strict=True)],
         ).scalars())
     for i, seq, event_id in zip(fresh, seqs, ids, strict=True):

@@ -52,7 +52,7 @@ PENDING_UPSERT = """
 _INGEST = text("""
     WITH r AS (
         SELECT * FROM json_to_recordset(CAST(:rows AS json))
-                      AS r(k text, o integer, n text, d jsonb, t text, i text, y boolean) LIMIT :count
+                      AS r(k text, o integer, n text, d jsonb, t text, i text, y boolean, r text) LIMIT :count
     ),
     counts AS (SELECT r.k, count(*) AS c FROM r GROUP BY r.k),
     bumped AS (
@@ -64,9 +64,9 @@ _INGEST = text("""
     ),
     written AS (
         INSERT INTO garrison_events (tenant, key, seq, name, data, target, idempotency_key, system, batch_id,
-                                     batch_size, created_at)
+                                     batch_size, trace, created_at)
         SELECT :tenant, r.k, b.last_seq - c.c + r.o, r.n, r.d, r.t, r.i, coalesce(r.y, false),
-               CASE WHEN :atomic THEN b.last_seq - c.c + 1 END, CASE WHEN :atomic THEN c.c END, :now
+               CASE WHEN :atomic THEN b.last_seq - c.c + 1 END, CASE WHEN :atomic THEN c.c END, r.r, :now
         FROM r JOIN counts AS c ON c.k = r.k JOIN bumped AS b ON b.key = r.k
         RETURNING id, key, seq
     ),
@@ -135,7 +135,8 @@ _CURSORS = text("""
 def ingest(
     session: Any, tenant: str, rows: Sequence[dict[str, Any]], now: datetime, *, atomic: bool = False
 ) -> tuple[list[tuple[int, str, int]], set[str]]:
-    """Write events given as ``{k, o, n, d, t?, i?, y?}`` (see :data:`_INGEST`): returns ``(id, key, seq)``
+    """Write events given as ``{k, o, n, d, t?, i?, y?, r?}`` (see :data:`_INGEST`; ``r``: the trace context):
+    returns ``(id, key, seq)``
     of each and the keys the caller must publish."""
     params = {"tenant": tenant, "now": now, "rows": dumps(list(rows)), "count": len(rows), "atomic": atomic}
     stored: list[tuple[int, str, int]] = []

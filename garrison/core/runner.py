@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 
 from garrison.clock import as_utc
+from garrison.core import instrument
 from garrison.core.contract import EffectContext, EffectSpec
 from garrison.core.engine import BatchResult
 from garrison.core.heartbeat import beating
@@ -152,7 +153,8 @@ class Runner:
             )
             try:
                 with log_context(automation=row["automation"], key=row["key"]), \
-                        beating(lambda: self._beat(tenant, effect_id), self.client.settings.effect_heartbeat):
+                        beating(lambda: self._beat(tenant, effect_id), self.client.settings.effect_heartbeat), \
+                        instrument.current().performing(tenant, row["automation"], row["key"], effect_id, row["kind"]):
                     automation.perform(EffectSpec(row["kind"], row["payload"]), ctx)
             except Exception as exc:
                 self._finish(tenant, row, "failed" if final_attempt else "retrying", f"{type(exc).__name__}: {exc}",

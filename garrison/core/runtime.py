@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from garrison.clock import Clock, SystemClock
 from garrison.config import Settings
 from garrison.core import failures as failed
+from garrison.core import instrument
 from garrison.core.contract import Automation
 from garrison.core.db import Database
 from garrison.core.engine import Engine
@@ -180,6 +181,10 @@ class Runtime:
         return checked
 
     def _write(self, events: Sequence[EventIn], *, atomic: bool = False) -> list[IngestedEvent]:
+        with instrument.current().ingesting(events) as stamped:  # tracing: the ingest span, its context stored
+            return self._write_stamped(stamped, atomic=atomic)
+
+    def _write_stamped(self, events: Sequence[EventIn], *, atomic: bool = False) -> list[IngestedEvent]:
         for attempt in range(3):
             try:
                 with self.db.session() as s:

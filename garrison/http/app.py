@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
@@ -23,6 +23,7 @@ from garrison import __version__
 from garrison.client import Garrison
 from garrison.core.ingest import IngestedEvent
 from garrison.errors import CursorExpired, PayloadTooLarge, ValidationError
+from garrison.http.console import build_console
 from garrison.http.follow import open_feed, sse
 from garrison.http.keys import ApiKeys
 from garrison.http.limits import BodyLimit
@@ -191,6 +192,22 @@ def build_app(client: Garrison, *, own_client: bool = False) -> FastAPI:
                                                           "database": type(exc).__name__})
         return HealthOut(status="ok", database="ok")
 
+    admins = ApiKeys.parse(client.settings.admin_keys)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics(request: Request, window: float = 60.0) -> Response:
+        """The tenant's figures for Prometheus (the key's tenant; see garrison.http.metrics)."""
+        from garrison.http.metrics import CONTENT_TYPE, render_metrics
+
+        key = presented_key(request)
+        tenant = keys.tenant_for(key) or admins.tenant_for(key)
+        if tenant is None:
+            raise _unauthorized()
+        if not 0 < window <= 86400:
+            raise ValidationError("window must be between 0 and 86400 seconds", field="window")
+        return Response(render_metrics(client, tenant, window), media_type=CONTENT_TYPE)
+
+    app.include_router(build_console(client, keys))
     return app
 
 
@@ -227,9 +244,10 @@ def ingest(
 
 
 def _check_target(client: Garrison, target: str, name: str, where: str) -> None:
-    """With the automations configured, a target (and a machine's reducer) must exist, as in the CLI;
-    without them the server cannot know, and the event is stored as sent."""
-    if not client.settings.automations:
+    """With the automations configured (GARRISON_AUTOMATIONS, or given to the client), a target (and a
+    machine's reducer) must exist, as in the CLI; without them the server cannot know, and the event is
+    stored as sent."""
+    if not client.settings.automations and not len(client.registry):
         return
     if target not in client.registry:
         raise ValidationError(

@@ -75,6 +75,9 @@ class Event(SQLModel, table=True):
     # or not at all. (Columns added after the first release come last, as a migration adds them.)
     batch_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     batch_size: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    # The W3C traceparent the event was ingested under, when tracing is on (GARRISON_TRACING=otel). Last,
+    # where the migration that added it (0004) puts it.
+    trace: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
 
 
 class Stream(SQLModel, table=True):

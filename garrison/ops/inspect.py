@@ -22,6 +22,7 @@ from garrison.core.runs import RunInfo, list_runs
 from garrison.core.runtime import Runtime
 from garrison.errors import NotFound
 from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, STREAMS, VERSIONS
+from garrison.ops.health import beat_status, stall_warning
 
 __all__ = [
     "EffectRow",
@@ -94,6 +95,7 @@ class FailureRow:
     retry_event_id: int | None
     traceback: str
     created_at: datetime
+    key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,8 @@ class KeyReport:
     failures: list[FailureRow] = field(default_factory=list)
     effects: list[EffectRow] = field(default_factory=list)
     runs: list[RunInfo] = field(default_factory=list)
+    # Set when the key's pending messages wait past GARRISON_RELAY_AFTER with no beat running.
+    warning: str | None = None
 
     @property
     def pending_count(self) -> int:
@@ -216,6 +220,7 @@ def inspect_key(
                 id=r["id"], automation=r["automation"], seq=r["seq"], event_id=r["event_id"], message=r["message"],
                 error_type=r["error_type"], error=r["error"], status=r["status"],
                 retry_event_id=r["retry_event_id"], traceback=r["traceback"], created_at=as_utc(r["created_at"]),
+                key=r["key"],
             )
             for r in s.execute(failures.order_by(FAILURES.c.id.desc()).limit(limit)).mappings()
         ]
@@ -229,6 +234,10 @@ def inspect_key(
             for r in s.execute(effects.order_by(EFFECTS.c.id.desc()).limit(limit)).mappings()
         ]
     report.runs = list_runs(client.db, tenant, automation=automation, key=key, limit=limit, timers=True)
+    if report.pending:
+        age = (client.clock.now() - report.pending[0].created_at).total_seconds()
+        if age > client.settings.relay_after:
+            report.warning = stall_warning(age, client.settings.relay_after, beat_status(client))
     report.failures.reverse()
     report.effects.reverse()
     report.runs.reverse()

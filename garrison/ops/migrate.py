@@ -44,7 +44,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import OperationalError
 
 from garrison.config import Settings
-from garrison.core.db import Database
+from garrison.core.db import Database, explain
 from garrison.errors import GarrisonError, MigrationError
 from garrison.models import metadata
 
@@ -198,8 +198,8 @@ def revision(
                 "first, so that the new migration holds only the models' changes",
                 revision=at, head=latest,
             )
-        # The head's number plus one (not the count of revisions: numbers may skip, as merged branches do).
-        rev_id = f"{int(latest) + 1:04d}" if latest.isdigit() else f"{len(list(script.walk_revisions())) + 1:04d}"
+        # The number after the highest one (revisions merged from branches may skip numbers).
+        rev_id = f"{max((int(r.revision) for r in script.walk_revisions() if r.revision.isdigit()), default=0) + 1:04d}"
         cfg = _config(conn, directory)
         ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
         if ruff:  # drop the template's unused imports, sort the rest
@@ -231,6 +231,9 @@ def _connect(settings: Settings, lock: bool = True) -> Iterator[Connection]:
             conn = db.engine.connect()
         except OperationalError as exc:
             url = make_url(settings.database_url).render_as_string(hide_password=True)
+            explained = explain(exc, settings.database_url)
+            if explained is not None and "does not exist" in explained:
+                raise MigrationError(explained.replace(", then run `garrison db upgrade`", ""), database=url) from exc
             raise MigrationError(f"cannot reach the database {url}: {exc.orig}", database=url) from exc
         with conn, conn.begin():
             if lock and db.dialect == "postgresql":

@@ -71,7 +71,7 @@ def key_report(report: KeyReport, *, full: bool = False, tracebacks: bool = Fals
     parts = [
         f"key {report.key!r}  tenant {report.tenant!r}\n"
         f"{report.last_seq} messages ingested, applied up to seq {report.processed_seq}, "
-        f"{report.pending_count} pending",
+        f"{report.pending_count} pending" + (f"\nwarning: {report.warning}" if report.warning else ""),
         section(
             "State",
             ("AUTOMATION", "VERSION", "CURSOR", "STATUS", "UPDATED", "STATE"),
@@ -333,6 +333,8 @@ def stats_report(stats: Stats) -> str:
         f"failures  {stats.failures:,} waiting for a retry" + (" (garrison retry --all)" if stats.failures else ""),
         f"pulses    {len(stats.pulses):,} running",
     ]
+    if stats.stalled:
+        lines.append(f"warning   {stats.stalled}")
     parts = ["\n".join(lines)]
     parts.append(section(
         "Automations",

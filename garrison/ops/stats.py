@@ -21,10 +21,14 @@ from garrison.core.runtime import Runtime
 from garrison.errors import GarrisonError, ValidationError
 from garrison.models import CURSORS, EFFECTS, ENTITIES, EVENTS, FAILURES, STREAMS, TIMERS, VERSIONS
 from garrison.models.pulses import PULSE_SLOTS
+from garrison.ops.health import BeatStatus, beat_status, stall_warning
 from garrison.ops.inspect import jsonable
 from garrison.ops.storage import TableStorage, storage
 
-__all__ = ["AutomationStats", "PulseProgress", "Stats", "collect_stats", "count_entities", "entity_keys"]
+__all__ = [
+    "AutomationStats", "BeatStatus", "PulseProgress", "Stats", "beat_status", "collect_stats", "count_entities",
+    "entity_keys",
+]
 
 EFFECT_STATUSES = ("pending", "dispatched", "failed")
 
@@ -32,7 +36,8 @@ EFFECT_STATUSES = ("pending", "dispatched", "failed")
 @dataclass(slots=True)
 class AutomationStats:
     """One automation's share: entities, state changes in the window, failures waiting for a retry,
-    effects not done, timers pending."""
+    effects not done (``effects_retrying``: those that failed at least once and will be tried again),
+    timers pending (``timers_overdue``: their time has passed; ``timers_due_soon``: due within the window)."""
 
     automation: str
     entities: int = 0
@@ -41,11 +46,14 @@ class AutomationStats:
     effects_pending: int = 0
     effects_dispatched: int = 0
     effects_failed: int = 0
+    effects_retrying: int = 0
     timers_pending: int = 0
     # Entities halted at a failed message (on_failure="halt"), and behind (waiting for a worker that has
     # this automation, or catching up).
     halted: int = 0
     behind: int = 0
+    timers_overdue: int = 0
+    timers_due_soon: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +92,9 @@ class Stats:
     effects_dispatched: int = 0
     effects_failed: int = 0
     failures: int = 0
+    effects_retrying: int = 0
+    relay_after: float = 5.0
+    beat: BeatStatus | None = None
     pulses: list[PulseProgress] = field(default_factory=list)
     automations: list[AutomationStats] = field(default_factory=list)
     # garrison's tables: sizes (every tenant's) and the tenant's oldest row under each retention rule.
@@ -100,11 +111,19 @@ class Stats:
             return None
         return max((self.at - self.oldest_pending_at).total_seconds(), 0.0)
 
+    @property
+    def stalled(self) -> str | None:
+        """Why pending work is not moving, when it is not: messages have waited longer than
+        ``GARRISON_RELAY_AFTER`` while no beat runs (the relay that re-publishes them is beat's). None
+        when nothing is wrong that these figures can see."""
+        return stall_warning(self.oldest_pending_age, self.relay_after, self.beat)
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = jsonable(asdict(self))
         out["events_per_second"] = round(self.events_per_second, 3)
         age = self.oldest_pending_age
         out["oldest_pending_age"] = None if age is None else round(age, 3)
+        out["stalled"] = self.stalled
         return out
 
 
@@ -116,7 +135,7 @@ def collect_stats(client: Runtime, *, tenant: str | None = None, window: float =
     tenant = client.tenant_of(tenant)
     now = client.clock.now()
     since = now - timedelta(seconds=window)
-    stats = Stats(tenant=tenant, at=now, window=window)
+    stats = Stats(tenant=tenant, at=now, window=window, relay_after=client.settings.relay_after)
     per: dict[str, AutomationStats] = {name: AutomationStats(name) for name in _registered(client)}
 
     def of(name: str) -> AutomationStats:
@@ -173,6 +192,13 @@ def collect_stats(client: Runtime, *, tenant: str | None = None, window: float =
             .group_by(EFFECTS.c.automation, EFFECTS.c.status)
         ):
             setattr(of(name), f"effects_{status}", count)
+        for name, count in s.execute(
+            select(EFFECTS.c.automation, func.count())
+            .where(EFFECTS.c.tenant == tenant, EFFECTS.c.status.in_(("pending", "dispatched", "retrying")),
+                   EFFECTS.c.attempts > 0)
+            .group_by(EFFECTS.c.automation)
+        ):
+            of(name).effects_retrying = count
         soon = now + timedelta(seconds=window)
         for name, total, overdue, due_soon in s.execute(
             select(
@@ -183,9 +209,8 @@ def collect_stats(client: Runtime, *, tenant: str | None = None, window: float =
             .where(TIMERS.c.tenant == tenant, TIMERS.c.status == "pending")
             .group_by(TIMERS.c.automation)
         ):
-            of(name).timers_pending = total
-            stats.timers_overdue += overdue
-            stats.timers_due_soon += due_soon
+            a = of(name)
+            a.timers_pending, a.timers_overdue, a.timers_due_soon = total, overdue, due_soon
 
         stats.pulses = [
             PulseProgress(
@@ -198,10 +223,14 @@ def collect_stats(client: Runtime, *, tenant: str | None = None, window: float =
             )
         ]
 
+    stats.beat = beat_status(client)
     stats.automations = [per[name] for name in sorted(per)]
     stats.tables = storage(client, tenant)
     for a in stats.automations:
         stats.timers_pending += a.timers_pending
+        stats.timers_overdue += a.timers_overdue
+        stats.timers_due_soon += a.timers_due_soon
+        stats.effects_retrying += a.effects_retrying
         stats.effects_pending += a.effects_pending
         stats.effects_dispatched += a.effects_dispatched
         stats.effects_failed += a.effects_failed

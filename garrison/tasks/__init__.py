@@ -21,6 +21,7 @@ from garrison.errors import GarrisonError
 from garrison.pulses.fanout import relay_stalled, run_pulse
 from garrison.tasks import fleet
 from garrison.tasks.app import create_celery
+from garrison.tasks.failures import MessagesFailed, raise_if_failed
 from garrison.tasks.publisher import CeleryPublisher
 
 log = logging.getLogger("garrison.tasks")
@@ -37,6 +38,13 @@ def client() -> Garrison:
         _client = Garrison(settings, publisher=CeleryPublisher(settings, app))
         configure(_client)
     return _client
+
+
+def bind(celery_app: Celery, bound: Settings) -> None:
+    """From now on the tasks' client publishes through ``celery_app`` (``install(app)``: a user's app)."""
+    global _client
+    _client = Garrison(bound, publisher=CeleryPublisher(bound, celery_app))
+    configure(_client)
 
 
 @worker_process_init.connect
@@ -66,11 +74,14 @@ def _beat_starts(**_: Any) -> None:
         fleet.refuse("beat", exc)
 
 
-@app.task(name="garrison.process", acks_late=True, ignore_result=True)
+@app.task(name="garrison.process", acks_late=True, ignore_result=True, throws=(MessagesFailed,))
 def process(tenant: str, keys: list[str]) -> dict[str, int]:
     """Apply the pending messages of these keys."""
     results = Runner(client()).run_keys(tenant, keys)
-    return {"messages": sum(r.messages for r in results), "failed": sum(r.failed for r in results)}
+    counts = {"messages": sum(r.messages for r in results), "failed": sum(r.failed for r in results)}
+    touched = sorted({*keys, *(k for r in results for k in r.keys)})  # its own keys and those it claimed
+    raise_if_failed(client(), tenant, touched, counts)  # a failed message shows as a failed task in Flower
+    return counts
 
 
 @app.task(name="garrison.effect", bind=True, acks_late=True, ignore_result=True)
@@ -131,4 +142,6 @@ def prune() -> int:
     return client().prune().total
 
 
-__all__ = ["app", "client", "effect", "process", "prune", "pulse", "relay", "timers"]
+from garrison.tasks.install import install  # noqa: E402 - garrison.tasks.install(app): tasks in your Celery app
+
+__all__ = ["app", "bind", "client", "effect", "install", "process", "prune", "pulse", "relay", "timers"]

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from celery import Celery, current_task
+from celery import Celery, Task, current_task
 from celery.app.log import Logging
 from celery.utils.log import ColorFormatter, get_logger
 from kombu.entity import Exchange, Queue
@@ -31,10 +31,13 @@ def automation_queue(settings: Settings, automation: str) -> str:
 
 
 def queues_for(settings: Settings, automations: Iterable[str]) -> list[Queue]:
-    """What a worker with these automations consumes: the fleet's queue and each automation's own, each
-    bound to its own direct exchange by its own name (as Celery makes a queue a task names that it was
-    not told of), so no message reaches two queues."""
-    names = [settings.queue, *(automation_queue(settings, name) for name in sorted(automations))]
+    """What a worker with these automations consumes: the fleet's queue and each automation's own."""
+    return queues_for_names([settings.queue, *(automation_queue(settings, name) for name in sorted(automations))])
+
+
+def queues_for_names(names: Iterable[str]) -> list[Queue]:
+    """Queues each bound to its own direct exchange by its own name (as Celery makes a queue a task names
+    that it was not told of), so no message reaches two queues."""
     return [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in names]
 
 
@@ -136,7 +139,24 @@ class GarrisonLogging(Logging):
         return receivers
 
 
+class GarrisonTask(Task):
+    """The class of garrison's tasks: a retry keeps the readable arguments (``tenant=acme effect=63 orders
+    key=order-1``) its first delivery had, where Celery would show the raw ``('acme', 63)`` in Flower."""
+
+    def retry(self, args: Any = None, kwargs: Any = None, exc: Any = None, throw: bool = True, eta: Any = None,
+              countdown: Any = None, max_retries: Any = None, **options: Any) -> Any:
+        for name in ("argsrepr", "kwargsrepr"):
+            shown = getattr(self.request, name, None)
+            if shown and name not in options:
+                options[name] = shown
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+
 def create_celery(settings: Settings) -> Celery:
-    app = Celery("garrison", set_as_current=False, log=GarrisonLogging)
+    if settings.tracing == "otel":  # only then is OpenTelemetry imported (the otel extra)
+        from garrison.tasks.tracing import connect
+
+        connect()
+    app = Celery("garrison", set_as_current=False, log=GarrisonLogging, task_cls=GarrisonTask)
     app.conf.update(celery_config(settings))
     return app

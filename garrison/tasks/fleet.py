@@ -52,7 +52,10 @@ def join(client: Garrison, conf: Any, holder: str) -> Registry:
     except GarrisonError as exc:
         refuse("worker", exc)
         raise  # unreachable: refuse exits
-    conf.task_queues = queues_for(client.settings, [a.name for a in registry])
+    ours = queues_for(client.settings, [a.name for a in registry])
+    # Beside the queues the app already consumes (a user's app that installed garrison's tasks keeps its own).
+    kept = [q for q in (conf.task_queues or []) if q.name not in {o.name for o in ours}]
+    conf.task_queues = [*kept, *ours]
     listed = ", ".join(f"{a.name} ({a.style})" for a in registry) or "none (GARRISON_INGEST_ONLY)"
     print(f"garrison: automations {listed}; queue {client.settings.queue!r} and one per automation",
           file=sys.stderr, flush=True)

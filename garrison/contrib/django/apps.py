@@ -23,7 +23,7 @@ class GarrisonConfig(AppConfig):  # type: ignore[misc]
 
 
 def _settings_changed(setting: str, **kwargs: Any) -> None:
-    if setting == "GARRISON":
+    if setting == "GARRISON" or setting.startswith("CELERY_"):
         from garrison.contrib.django.integration import reset
 
         reset()

@@ -14,10 +14,18 @@ Every key of :class:`garrison.config.Settings` is accepted in capitals (``DATABA
 keys are Django's own: ``DATABASE`` (a ``DATABASES`` alias whose PostgreSQL database garrison's tables
 live in; garrison's URL is built from it) and ``IN_TRANSACTION`` (the default of ``ingest``'s
 ``in_transaction``).
+
+Celery's Django settings (``CELERY_*``, the ``namespace="CELERY"`` convention) are honoured or refused,
+never silently ignored. ``CELERY_BROKER_URL`` is garrison's broker when ``GARRISON["BROKER_URL"]`` (or
+``GARRISON_BROKER_URL``) does not name one, and refused when it names another; a ``visibility_timeout`` in
+``CELERY_BROKER_TRANSPORT_OPTIONS`` likewise. A ``CELERY_*`` setting garrison cannot run with (pickle,
+eager mode...) is refused, naming it. Any other ``CELERY_*`` setting configures your own Celery app, not
+garrison's worker (``manage.py garrison worker``): garrison says so once, naming them, at startup.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +33,11 @@ from typing import Any
 from sqlalchemy.engine import URL
 
 from garrison.config import Settings
+from garrison.config.conventions import conflicts
 from garrison.contrib import settings_from_config
 from garrison.errors import ConfigurationError
+
+log = logging.getLogger("garrison.django")
 
 __all__ = ["DjangoOptions", "read_options"]
 
@@ -86,7 +97,65 @@ def read_options() -> DjangoOptions:
             field="IN_TRANSACTION",
         )
     settings = settings_from_config(given, lambda name: f'GARRISON["{name.upper()}"]')
+    settings = _with_celery_settings(settings, given, django_settings)
     return DjangoOptions(settings=settings, database=database, in_transaction=in_transaction)
+
+
+# CELERY_* settings that garrison's own Celery app honours (mapped to its settings above) or judges.
+HONOURED = ("CELERY_BROKER_URL", "CELERY_BROKER_TRANSPORT_OPTIONS")
+JUDGED = ("accept_content", "task_serializer", "result_serializer", "event_serializer", "task_always_eager")
+
+
+def _with_celery_settings(settings: Settings, given: Mapping[str, Any], django_settings: Any) -> Settings:
+    """Apply ``CELERY_BROKER_URL`` (and its visibility timeout) to garrison's settings, or refuse them
+    when garrison's own settings say otherwise; refuse a CELERY_* value garrison cannot run with; name the
+    rest once in the log."""
+    celery = {name: getattr(django_settings, name) for name in dir(django_settings) if name.startswith("CELERY_")}
+    if not celery:
+        return settings
+    overrides: dict[str, Any] = {}
+    broker = celery.get("CELERY_BROKER_URL")
+    if broker:
+        ours = given.get("broker_url") or Settings.from_env().broker_url
+        if "broker_url" in given or ours != "filesystem://":
+            if str(ours) != str(broker):
+                raise ConfigurationError(
+                    f"settings.CELERY_BROKER_URL = {_safe(broker)!r}, but garrison's broker is {_safe(str(ours))!r} "
+                    '(GARRISON["BROKER_URL"] or GARRISON_BROKER_URL): garrison\'s workers would not see your '
+                    "Celery app's broker. Remove one of them, or make them equal",
+                    field="CELERY_BROKER_URL",
+                )
+        else:
+            overrides["broker_url"] = str(broker)
+    options = celery.get("CELERY_BROKER_TRANSPORT_OPTIONS") or {}
+    visibility = options.get("visibility_timeout") if isinstance(options, Mapping) else None
+    if visibility is not None and "broker_visibility_timeout" not in given:
+        overrides["broker_visibility_timeout"] = float(visibility)
+    problems = conflicts({name[len("CELERY_"):].lower(): value for name, value in celery.items()},
+                         label=lambda n: f"settings.CELERY_{n.upper()}", only=JUDGED)
+    if problems:
+        raise ConfigurationError("garrison cannot run with these Celery settings:\n  " + "\n  ".join(problems),
+                                 field="CELERY")
+    others = sorted(set(celery) - set(HONOURED))
+    if others:
+        log.warning(
+            "these CELERY_* settings configure your own Celery app, not garrison's worker (manage.py garrison "
+            "worker), which takes only CELERY_BROKER_URL and CELERY_BROKER_TRANSPORT_OPTIONS' visibility_timeout: "
+            "%s. To run garrison's tasks in your app instead, call garrison.tasks.install(app)", ", ".join(others),
+        )
+    try:
+        return settings.with_overrides(**overrides) if overrides else settings
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"with your CELERY_* settings applied: {exc.message}", field="CELERY") from exc
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}" if ":" in credentials else url
 
 
 def database_url(alias: Any) -> str:

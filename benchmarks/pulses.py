@@ -160,7 +160,7 @@ def run_garrison(args: argparse.Namespace, chunk: int, tmp: Path, patch: str = "
                 "fan_out_s": None if finished is None else float(finished) - published_at,
                 "last_applied_s": None if last_state is None else float(last_state) - published_at,
                 "pulse_events": scalar(client, "SELECT count(*) FROM garrison_events WHERE tenant = :t "
-                                               "AND idempotency_key LIKE 'pulse:%'"),
+                                               "AND idempotency_key LIKE 'garrison/pulse:%'"),
                 "failures": scalar(client, "SELECT count(*) FROM garrison_failures"),
             }
     except BaseException:

@@ -76,7 +76,7 @@ def test_send_previews_locally_and_save_applies_through_the_engine(frozen: Garri
     with frozen.db.session() as s:
         stored = s.execute(select(EVENTS.c.target, EVENTS.c.data, EVENTS.c.idempotency_key)).one()
     assert stored.target == "light" and stored.data == {"$machine": {"name": "light", "version": 1}}
-    assert stored.idempotency_key == f"actor:{actor.owner}:1"
+    assert stored.idempotency_key == f"garrison/actor:{actor.owner}:1"
     # The timer of the state it entered is a durable timer like any other.
     assert frozen.run_pending() == 0
     actor.close()

@@ -63,7 +63,7 @@ def test_a_pulse_reaches_every_entity_once_even_when_pages_and_slots_are_repeate
     assert len(states) == 2_500 and {state["count"] for state in states} == {2}  # created once, pulsed once
     with client.db.session() as s:
         pulses = s.execute(
-            select(func.count()).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.like("pulse:%"))
+            select(func.count()).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.like("garrison/pulse:%"))
         ).scalar_one()
         row = s.execute(select(PULSE_SLOTS).where(PULSE_SLOTS.c.id == opened.id)).one()
     assert pulses == 2_500
@@ -144,7 +144,7 @@ def test_a_pulse_key_is_the_same_whichever_path_wrote_it_even_for_keys_too_long_
     assert written is not None and sorted(e.key for e in written) == sorted(keys)
     with client.db.session() as s:
         stored = dict(s.execute(select(EVENTS.c.key, EVENTS.c.idempotency_key).where(
-            EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.like("pulse:%"))).all())
+            EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.like("garrison/pulse:%"))).all())
     assert stored == {k: pulse_key(schedule_id, slot, k) for k in keys}
     assert all(len(v) <= 255 for v in stored.values()) and "sha256:" in stored["x" * 250]
     assert fan_out_chunk(client.db, tenant, opened.id, client.clock.now(), 10) is None  # the slot is done

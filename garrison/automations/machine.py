@@ -28,6 +28,7 @@ from garrison.core.contract import (
 )
 from garrison.core.ingest import IngestedEvent
 from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
+from garrison.core.namespace import reserved
 from garrison.core.runtime import default_client
 from garrison.errors import DefinitionError, ValidationError
 from garrison.pulses.schedules import PulseSchedule
@@ -254,7 +255,7 @@ class Machine(Automation):
                 key,
                 data,
                 tenant=ctx.tenant,
-                idempotency_key=f"{ctx.idempotency_key}:send:{next(counter)}",
+                idempotency_key=reserved("send", ctx.idempotency_key, next(counter)),
                 client=ctx.client,
             )
 

@@ -31,6 +31,9 @@ class Settings:
     tenant: str = "default"
     automations: tuple[str, ...] = ()
     max_payload_bytes: int = 256 * 1024
+    # How deep event data, states and effect payloads may nest (objects and arrays); deeper is refused
+    # at ingest, and a handler that returns it records a failure of that message.
+    max_nesting: int = 64
     # Keys per published ``process`` task, and events read per transaction by the engine.
     publish_batch: int = 100
     engine_batch: int = 5000
@@ -67,9 +70,13 @@ class Settings:
         if not self.tenant:
             raise ConfigurationError("GARRISON_TENANT must not be empty", field="tenant")
         for name in ("publish_batch", "engine_batch", "max_payload_bytes", "effect_max_retries", "pulse_chunk",
-                     "http_max_body_bytes"):
+                     "http_max_body_bytes", "max_nesting"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive", field=name)
+        if self.max_nesting > 256:
+            raise ConfigurationError(
+                "max_nesting must be at most 256: workers copy states recursively", field="max_nesting"
+            )
         if self.log_format not in ("text", "json"):
             raise ConfigurationError(
                 f"GARRISON_LOG_FORMAT={self.log_format!r} is not valid: use text or json", field="log_format"

@@ -19,6 +19,8 @@ from sqlmodel import Session
 from garrison.clock import as_utc
 from garrison.core import pgbulk
 from garrison.core.db import Database
+from garrison.core.jsondata import DEFAULT_MAX_NESTING, JSONRefused, check_json, check_text
+from garrison.core.namespace import PREFIX, Reserved, is_reserved, legacy_key
 from garrison.errors import PayloadTooLarge, ValidationError
 from garrison.models import EVENTS, STREAMS
 
@@ -65,14 +67,25 @@ def validate(
     target: Any = None,
     system: bool = False,
     max_payload_bytes: int,
+    max_nesting: int = DEFAULT_MAX_NESTING,
     where: str = "",
 ) -> EventIn:
-    """Check one event's arguments; a :class:`ValidationError` names the field (``events[3].key``)."""
+    """Check one event's arguments; a :class:`ValidationError` names the field (``events[3].key``).
+
+    Text must be storable (no NUL, no lone surrogate), data must be JSON as :func:`check_json` defines it
+    (nesting, NaN, integers JSON peers read), and a user's idempotency key must stay out of garrison's
+    namespace (:mod:`garrison.core.namespace`): a key garrison made itself is a :class:`Reserved` string.
+    """
     _text(name, where + "name", MAX_NAME)
     _text(key, where + "key", MAX_NAME)
     _text(tenant, where + "tenant", MAX_TENANT)
     if idempotency_key is not None:
         _text(idempotency_key, where + "idempotency_key", MAX_NAME)
+        if is_reserved(idempotency_key) and not isinstance(idempotency_key, Reserved):
+            raise ValidationError(
+                f"{where}idempotency_key must not start with {PREFIX!r}: that namespace is garrison's own",
+                field=where + "idempotency_key",
+            )
     if target is not None:
         _text(target, where + "target", MAX_NAME)
     if data is None:
@@ -82,10 +95,11 @@ def validate(
             f"{where}data must be a JSON object (a dict), not {type(data).__name__}", field=where + "data"
         )
     try:
-        encoded = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{where}data is not JSON: {exc}", field=where + "data") from exc
-    size = len(encoded.encode())
+        plain = check_json(data if isinstance(data, dict) else dict(data), max_nesting=max_nesting)
+    except JSONRefused as exc:
+        at = where + "data" + ("" if not exc.path else exc.path if exc.path.startswith("[") else "." + exc.path)
+        raise ValidationError(f"{at} {exc.reason}", field=where + "data", path=at) from exc
+    size = len(json.dumps(plain, separators=(",", ":")).encode())
     if size > max_payload_bytes:
         raise PayloadTooLarge(
             f"{where}data is {size} bytes, over the limit of {max_payload_bytes} (GARRISON_MAX_PAYLOAD_BYTES)",
@@ -94,12 +108,12 @@ def validate(
             limit=max_payload_bytes,
         )
     return EventIn(
-        tenant=tenant,
-        name=name,
-        key=key,
-        data=json.loads(encoded),
-        idempotency_key=idempotency_key,
-        target=target,
+        tenant=str(tenant),
+        name=str(name),
+        key=str(key),
+        data=plain,
+        idempotency_key=None if idempotency_key is None else str(idempotency_key),
+        target=None if target is None else str(target),
         system=bool(system),
     )
 
@@ -111,6 +125,9 @@ def _text(value: Any, field: str, limit: int) -> None:
         raise ValidationError(f"{field} must not be empty", field=field)
     if len(value) > limit:
         raise ValidationError(f"{field} is longer than {limit} characters", field=field)
+    bad = check_text(value)
+    if bad:
+        raise ValidationError(f"{field} {bad}", field=field)
 
 
 def write_events(
@@ -142,11 +159,14 @@ def _write_tenant(
     idem_keys = {events[i].idempotency_key for i in indexes if events[i].idempotency_key}
     seen: dict[str, IngestedEvent] = {}
     if idem_keys:
+        # A key garrison made may have been stored under its spelling from before the namespace.
+        legacy = {old: new for new in idem_keys if is_reserved(new) and (old := legacy_key(new))}
         found = session.execute(
-            select(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.in_(idem_keys))
+            select(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.in_(idem_keys | set(legacy)))
         ).mappings()
         for row in found:
-            seen[row["idempotency_key"]] = _from_row(row, duplicate=True)
+            stored = row["idempotency_key"]
+            seen[legacy.get(stored, stored) if stored not in idem_keys else stored] = _from_row(row, duplicate=True)
 
     fresh: list[int] = []
     first_in_batch: dict[str, int] = {}

@@ -23,6 +23,7 @@ from garrison.core.contract import Automation
 from garrison.core.db import Database
 from garrison.core.engine import Engine
 from garrison.core.ingest import EventIn, IngestedEvent, validate, write_events
+from garrison.core.namespace import reserved
 from garrison.core.publisher import Publisher
 from garrison.core.registry import Registry
 from garrison.core.replay import Mismatch, ReplayReport, check, replay
@@ -251,7 +252,7 @@ class Runtime:
             ).first()
             event = EventIn(
                 tenant=tenant, name=failure["message"], key=failure["key"],
-                data=original[0] if original else {}, idempotency_key=f"retry:{failure_id}",
+                data=original[0] if original else {}, idempotency_key=reserved("retry", failure_id),
                 target=failure["automation"],
             )
             [stored] = write_events(s, self.db, [event], self.clock.now())

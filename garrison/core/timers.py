@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 
 from garrison.core.db import Database
 from garrison.core.ingest import EventIn, IngestedEvent, write_events
+from garrison.core.namespace import reserved
 from garrison.models import TIMERS
 
 TIMER_EVENT = "garrison/timer"
@@ -100,7 +101,7 @@ def fire_due(db: Database, tenant: str, now: datetime, limit: int) -> list[Inges
             EventIn(
                 tenant=tenant, name=TIMER_EVENT, key=row.key,
                 data={**(row.data or {}), "timer": row.name},
-                idempotency_key=f"timer:{row.id}", target=row.automation, system=True,
+                idempotency_key=reserved("timer", row.id), target=row.automation, system=True,
             )
             for row in sorted(claimed, key=lambda r: r.id)
         ]

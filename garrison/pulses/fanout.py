@@ -23,6 +23,7 @@ from sqlalchemy import func, select, text, update
 from garrison.clock import as_utc
 from garrison.core.db import Database
 from garrison.core.ingest import EventIn, IngestedEvent, write_events
+from garrison.core.namespace import PREFIX, Reserved
 from garrison.core.runtime import Runtime
 from garrison.errors import NotFound
 from garrison.logs import log_context
@@ -232,7 +233,7 @@ def sql_filter(where: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
 def _page_pg(
     s: Any, tenant: str, slot: Any, schedule: Any, at: datetime, data: dict[str, Any], now: datetime, chunk: int
 ) -> list[IngestedEvent]:
-    prefix = f"pulse:{slot.schedule_id}:{at.isoformat()}:"
+    prefix = f"{PREFIX}pulse:{slot.schedule_id}:{at.isoformat()}:"
     statement = _PAGE_PG_ALL
     where_params: dict[str, Any] = {}
     if schedule.where:
@@ -264,13 +265,14 @@ def slot_progress(db: Database, tenant: str, slot_id: int) -> tuple[int, int | N
     return int(row.done), row.total
 
 
-def pulse_key(schedule_id: int, slot: datetime, key: str) -> str:
-    """The idempotency key of one pulse event: one per (schedule, slot, entity)."""
-    text = f"pulse:{schedule_id}:{slot.isoformat()}:{key}"
+def pulse_key(schedule_id: int, slot: datetime, key: str) -> Reserved:
+    """The idempotency key of one pulse event: one per (schedule, slot, entity), in garrison's namespace
+    (the page statement on PostgreSQL computes the same text in SQL)."""
+    text = f"{PREFIX}pulse:{schedule_id}:{slot.isoformat()}:{key}"
     if len(text) <= 255:
-        return text
+        return Reserved(text)
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"pulse:{schedule_id}:{slot.isoformat()}:sha256:{digest}"
+    return Reserved(f"{PREFIX}pulse:{schedule_id}:{slot.isoformat()}:sha256:{digest}")
 
 
 __all__ = [

@@ -29,6 +29,7 @@ from garrison.clock import as_utc
 from garrison.core.contract import ApplyContext, EffectSpec, EmitSpec, Message, TimerSpec
 from garrison.core.ingest import validate
 from garrison.core.jsondata import canonical, ensure_json, json_equal
+from garrison.core.namespace import reserved
 from garrison.durations import Duration, format_duration, parse_duration
 from garrison.errors import DeterminismError, GarrisonError, ValidationError
 
@@ -343,11 +344,11 @@ class JourneyContext:
             canonical([self._journey_name, self.key, self.run, self._i]).encode(), usedforsecurity=False
         ).hexdigest()
         self._out.emits.append(EmitSpec(
-            name=checked.name, key=checked.key, data=checked.data, idempotency_key=f"journey:{digest}",
+            name=checked.name, key=checked.key, data=checked.data, idempotency_key=reserved("journey", digest),
             target=checked.target, system=checked.system,
         ))
         self._record({"kind": "emit", "name": name, "key": checked.key, "data": checked.data,
-                      "idempotency_key": f"journey:{digest}", "at": self._now_dt().isoformat()})
+                      "idempotency_key": reserved("journey", digest), "at": self._now_dt().isoformat()})
 
     def send(self, name: str, data: Mapping[str, Any] | None = None, *, key: str | None = None,
              target: str | None = None) -> None:

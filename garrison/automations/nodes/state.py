@@ -37,6 +37,7 @@ from garrison.automations.nodes.events import (
 from garrison.automations.nodes.events import select as select_path
 from garrison.core.db import Database
 from garrison.core.jsondata import JSON, clone_json, json_equal
+from garrison.core.namespace import reserved
 from garrison.core.runtime import Runtime, default_client
 from garrison.models import CURSORS, ENTITIES, VERSIONS
 
@@ -191,7 +192,7 @@ def deliver(
     if nodes:
         c.ingest_many([
             {"name": event.type, "key": n, "data": event.to_data(), "tenant": t, "target": system.name,
-             "idempotency_key": f"node:{event.id}:{n}"}
+             "idempotency_key": reserved("node", event.id, n)}
             for n in nodes
         ])
     return Delivery(event, nodes)

@@ -51,6 +51,7 @@ from garrison.core import leases
 from garrison.core.contract import Message
 from garrison.core.ingest import EventIn, IngestedEvent, validate, write_events
 from garrison.core.jsondata import clone_json
+from garrison.core.namespace import reserved
 from garrison.core.runner import Runner
 from garrison.core.runtime import Runtime
 from garrison.errors import ActorError, EventFailed, ValidationError
@@ -189,7 +190,7 @@ class Actor:
         self._check_open()
         self.chart.check_event(event)
         self._sent += 1
-        ik = idempotency_key or f"actor:{self.owner}:{self._sent}"
+        ik = idempotency_key or reserved("actor", self.owner, self._sent)
         checked = validate(
             event, self.key, self.chart.stamp(data), tenant=self.tenant, idempotency_key=ik, target=self.chart.name,
             max_payload_bytes=self.client.settings.max_payload_bytes,

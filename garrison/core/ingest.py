@@ -156,7 +156,7 @@ def _write_tenant(
     results: list[IngestedEvent | None],
     now: datetime,
 ) -> None:
-    idem_keys = {events[i].idempotency_key for i in indexes if events[i].idempotency_key}
+    idem_keys: set[str] = {ik for i in indexes if (ik := events[i].idempotency_key)}
     seen: dict[str, IngestedEvent] = {}
     if idem_keys:
         # A key garrison made may have been stored under its spelling from before the namespace.
@@ -165,8 +165,8 @@ def _write_tenant(
             select(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.in_(idem_keys | set(legacy)))
         ).mappings()
         for row in found:
-            stored = row["idempotency_key"]
-            seen[legacy.get(stored, stored) if stored not in idem_keys else stored] = _from_row(row, duplicate=True)
+            stored: str = row["idempotency_key"]
+            seen[stored if stored in idem_keys else legacy.get(stored, stored)] = _from_row(row, duplicate=True)
 
     fresh: list[int] = []
     first_in_batch: dict[str, int] = {}

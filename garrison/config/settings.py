@@ -73,9 +73,9 @@ class Settings:
                      "http_max_body_bytes", "max_nesting"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive", field=name)
-        if self.max_nesting > 256:
+        if self.max_nesting > 128:
             raise ConfigurationError(
-                "max_nesting must be at most 256: workers copy states recursively", field="max_nesting"
+                "max_nesting must be at most 128: workers copy states recursively", field="max_nesting"
             )
         if self.log_format not in ("text", "json"):
             raise ConfigurationError(

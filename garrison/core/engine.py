@@ -22,7 +22,7 @@ from sqlalchemy import ColumnElement, Select, and_, bindparam, func, insert, sel
 from garrison.clock import Clock, as_utc
 from garrison.config import Settings
 from garrison.core import pgbulk
-from garrison.core.contract import ApplyContext, Message, Outcome
+from garrison.core.contract import ApplyContext, Message, Outcome, check_outcome
 from garrison.core.db import Database
 from garrison.core.ingest import EventIn, write_events
 from garrison.core.jsondata import JSON
@@ -195,9 +195,11 @@ class Engine:
                                     tenant=tenant, key=row.key, now=message.created_at, version=slot.version,
                                     lookup=lookup_in(s, tenant, row.key),
                                     max_payload_bytes=self.settings.max_payload_bytes,
+                                    max_nesting=self.settings.max_nesting,
                                     read=reader,
                                 ),
                             )
+                            check_outcome(outcome, self.settings.max_nesting)
                     except Exception as exc:  # noqa: BLE001 - a handler's error is data (guarantee 7)
                         result.failed += 1
                         log.warning(

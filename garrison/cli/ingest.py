@@ -26,7 +26,8 @@ from garrison.errors import ValidationError
 @click.option("--tenant", help="Tenant (default: GARRISON_TENANT); with --file, of the lines that name none.")
 @click.option("--idempotency-key", help="The same key twice (per tenant) stores the event once.")
 @click.option("--target", metavar="AUTOMATION", help="Deliver to this automation only (a machine's reducer name).")
-@click.option("--file", "source", type=click.File("r", encoding="utf-8"), metavar="PATH",
+# Bytes that are not UTF-8 become lone surrogates, which validation refuses naming the line and field.
+@click.option("--file", "source", type=click.File("r", encoding="utf-8", errors="surrogateescape"), metavar="PATH",
               help="Store the events of a JSON-lines file (- for stdin) instead of NAME KEY JSON.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="With --file: events per transaction.")
@@ -71,6 +72,8 @@ def ingest(
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"data is not valid JSON: {exc}", field="data") from exc
+    except RecursionError as exc:
+        raise ValidationError("data is nested too deep to read", field="data") from exc
     client = obj.client
     if target is not None and client.settings.automations:
         _check_target(client, target, name)
@@ -166,6 +169,8 @@ def _parse_line(number: int, line: str, resume: int) -> dict[str, Any]:
         item = json.loads(line)
     except json.JSONDecodeError as exc:
         raise _BadLine(number, f"not valid JSON: {exc.msg} (column {exc.colno})", resume) from exc
+    except RecursionError as exc:
+        raise _BadLine(number, "nested too deep to read (field: data)", resume) from exc
     if not isinstance(item, dict):
         raise _BadLine(number, 'must be a JSON object: {"name": ..., "key": ..., "data": {...}}', resume)
     return item

@@ -22,7 +22,8 @@ from garrison.config import Settings
 from garrison.core.contract import Automation
 from garrison.core.db import Database
 from garrison.core.engine import Engine
-from garrison.core.ingest import EventIn, IngestedEvent, validate, write_events
+from garrison.core.ingest import MAX_TENANT, EventIn, IngestedEvent, validate, write_events
+from garrison.core.jsondata import check_text
 from garrison.core.namespace import reserved
 from garrison.core.publisher import Publisher
 from garrison.core.registry import Registry
@@ -107,8 +108,11 @@ class Runtime:
         """The tenant a call acts for: the one given, else the default. An empty one is refused."""
         if tenant is None:
             return self.settings.tenant
-        if not isinstance(tenant, str) or not tenant.strip():
-            raise ValidationError("tenant must be a non-empty string", field="tenant")
+        if not isinstance(tenant, str) or not tenant.strip() or len(tenant) > MAX_TENANT or check_text(tenant):
+            raise ValidationError(
+                f"tenant must be a non-empty string of at most {MAX_TENANT} characters, with no NUL or lone "
+                "surrogate", field="tenant",
+            )
         return tenant
 
     def init_db(self) -> None:

@@ -86,7 +86,9 @@ class FieldError(BaseModel):
     message: str
 
 
-ErrorCode = Literal["unauthorized", "forbidden", "body_too_large", "invalid", "payload_too_large"]
+ErrorCode = Literal[
+    "unauthorized", "forbidden", "body_too_large", "invalid", "payload_too_large", "not_found", "method_not_allowed",
+]
 
 
 class ErrorOut(BaseModel):

@@ -339,7 +339,7 @@ class JourneyContext:
         assert self._actx is not None and self._out is not None
         checked = validate(name, key if key is not None else self.key, dict(data or {}), tenant=self.tenant,
                            idempotency_key=None, target=target, system=system,
-                           max_payload_bytes=self._actx.max_payload_bytes)
+                           max_payload_bytes=self._actx.max_payload_bytes, max_nesting=self._actx.max_nesting)
         digest = hashlib.sha1(
             canonical([self._journey_name, self.key, self.run, self._i]).encode(), usedforsecurity=False
         ).hexdigest()

@@ -160,6 +160,7 @@ class NodeContext:
             checked = validate(
                 event.type, name, event.to_data(), tenant=self.tenant, target=self.system.name,
                 idempotency_key=once, max_payload_bytes=self._actx.max_payload_bytes,
+                max_nesting=self._actx.max_nesting,
             )
             self.emits.append(EmitSpec(
                 name=checked.name, key=checked.key, data=checked.data, target=checked.target, idempotency_key=once,

@@ -419,3 +419,33 @@ def test_manage_py_garrison_is_the_garrison_command_with_djangos_settings(
     )
     assert done.returncode == 0, done.stderr
     assert [(k, data) for k, _, data in events()] == [("user-9", {"email": "c@d.e"})]
+
+
+HOSTILE = [
+    ({"name": "app/email.submitted\x00", "key": "u"}, "name"),
+    ({"name": "app/email.submitted", "key": "u\ud800"}, "key"),
+    ({"name": "app/email.submitted", "key": "u", "data": {"email": "a\x00"}}, "data"),
+    ({"name": "app/email.submitted", "key": "u", "data": {"n": float("nan")}}, "data"),
+    ({"name": "app/email.submitted", "key": "u", "data": {"n": 2**60}}, "data"),
+    ({"name": "app/email.submitted", "key": "u", "idempotency_key": "garrison/timer:1"}, "idempotency_key"),
+    ({"name": "app/email.submitted", "key": "u", "target": "no-such-automation"}, "target"),
+]
+
+
+@pytest.mark.parametrize(("event", "field"), HOSTILE)
+def test_hostile_input_is_refused_by_django_ingest_and_ingest_many_naming_the_field(
+    garrison_settings: Settings, event: dict[str, Any], field: str
+) -> None:
+    from django.db import transaction
+
+    from garrison.contrib import django as garrison
+
+    for in_transaction in (False, True):
+        with transaction.atomic():
+            with pytest.raises(ValidationError) as refused:
+                garrison.ingest(**event, in_transaction=in_transaction)
+            assert refused.value.field == field
+            with pytest.raises(ValidationError) as refused:
+                garrison.ingest_many([{"name": "app/ok", "key": "u"}, event], in_transaction=in_transaction)
+            assert refused.value.field == f"events[1].{field}"
+    assert events() == []

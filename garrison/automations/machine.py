@@ -198,7 +198,7 @@ class Machine(Automation):
         """Ingest a message for ``reducer`` of this machine at ``key``. Fire-and-forget, like casern."""
         self.check_reducer(reducer)
         return (client or default_client()).ingest(
-            reducer, key, dict(data or {}), tenant=tenant, idempotency_key=idempotency_key, target=self.name
+            reducer, key, {} if data is None else data, tenant=tenant, idempotency_key=idempotency_key, target=self.name
         )
 
     def check_reducer(self, reducer: str) -> None:

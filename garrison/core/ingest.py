@@ -80,12 +80,7 @@ def validate(
     _text(key, where + "key", MAX_NAME)
     _text(tenant, where + "tenant", MAX_TENANT)
     if idempotency_key is not None:
-        _text(idempotency_key, where + "idempotency_key", MAX_NAME)
-        if is_reserved(idempotency_key) and not isinstance(idempotency_key, Reserved):
-            raise ValidationError(
-                f"{where}idempotency_key must not start with {PREFIX!r}: that namespace is garrison's own",
-                field=where + "idempotency_key",
-            )
+        check_idempotency_key(idempotency_key, where + "idempotency_key")
     if target is not None:
         _text(target, where + "target", MAX_NAME)
     if data is None:
@@ -116,6 +111,16 @@ def validate(
         target=None if target is None else str(target),
         system=bool(system),
     )
+
+
+def check_idempotency_key(value: Any, field: str = "idempotency_key") -> str:
+    """A user's idempotency key: storable text, outside garrison's namespace (a key garrison made itself
+    is a :class:`Reserved` string)."""
+    _text(value, field, MAX_NAME)
+    if is_reserved(value) and not isinstance(value, Reserved):
+        raise ValidationError(f"{field} must not start with {PREFIX!r}: that namespace is garrison's own",
+                              field=field)
+    return str(value)
 
 
 def _text(value: Any, field: str, limit: int) -> None:

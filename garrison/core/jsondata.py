@@ -131,9 +131,11 @@ def json_equal(a: JSON, b: JSON) -> bool:
     return a == b and canonical(a) == canonical(b)
 
 
-def ensure_json(value: JSON, what: str, *, max_nesting: int = DEFAULT_MAX_NESTING) -> JSON:
+def ensure_json(value: JSON, what: str, *, max_nesting: int = 2 * DEFAULT_MAX_NESTING) -> JSON:
     """Refuse what cannot be stored and applied (see :func:`check_json`) with a TypeError naming ``what``,
-    so nothing un-storable reaches the database."""
+    so nothing un-storable reaches the database. For what handlers return (states, contexts, results),
+    which may hold event data: twice ingest's default nesting, as the engine allows (its own check,
+    ``core.contract.check_outcome``, applies the configured limit)."""
     try:
         return check_json(value, max_nesting=max_nesting)
     except JSONRefused as exc:

@@ -337,7 +337,7 @@ class JourneyContext:
         if op is not None:
             return
         assert self._actx is not None and self._out is not None
-        checked = validate(name, key if key is not None else self.key, dict(data or {}), tenant=self.tenant,
+        checked = validate(name, key if key is not None else self.key, {} if data is None else data, tenant=self.tenant,
                            idempotency_key=None, target=target, system=system,
                            max_payload_bytes=self._actx.max_payload_bytes, max_nesting=self._actx.max_nesting)
         digest = hashlib.sha1(

@@ -36,6 +36,7 @@ from garrison.automations.nodes.events import (
 )
 from garrison.automations.nodes.events import select as select_path
 from garrison.core.db import Database
+from garrison.core.ingest import check_idempotency_key
 from garrison.core.jsondata import JSON, clone_json, json_equal
 from garrison.core.namespace import reserved
 from garrison.core.runtime import Runtime, default_client
@@ -177,6 +178,7 @@ def deliver(
     c = _client(client)
     t = c.tenant_of(tenant)
     if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)
         event_id = str(uuid.uuid5(ID_NAMESPACE, f"{t}:{system.name}:given:{idempotency_key}"))
     else:
         event_id = str(uuid.uuid4())

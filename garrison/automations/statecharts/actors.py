@@ -254,7 +254,11 @@ class Actor:
         """Apply the key's messages up to our last event in this process, as a worker would."""
         runner = Runner(self.client)
         engine = self.client.engine
-        last = max(e.seq for e in written)
+        # A duplicate may be an event of another key (idempotency keys are per tenant): not ours to wait for.
+        mine = [e.seq for e in written if e.key == self.key]
+        if not mine:
+            return
+        last = max(mine)
         for _ in range(MAX_ROUNDS):
             if self._cursor() >= last:
                 return

@@ -86,7 +86,11 @@ class Cursor(SQLModel, table=True):
 
 class Entity(SQLModel, table=True):
     __tablename__ = "garrison_entities"
-    __table_args__ = (Index("ix_garrison_entities_automation", "tenant", "automation", "key"),)
+    __table_args__ = (
+        Index("ix_garrison_entities_automation", "tenant", "automation", "key"),
+        # A pulse's last pass: the entities created just before its slot (garrison.pulses.fanout).
+        Index("ix_garrison_entities_created", "tenant", "automation", "created_at"),
+    )
 
     tenant: str = _tenant()
     key: str = Field(sa_column=Column(String(255), primary_key=True))

@@ -19,7 +19,7 @@ from celery.utils.log import ColorFormatter, get_logger
 
 from garrison import logs
 from garrison.config import Settings
-from garrison.tasks import fstransport
+from garrison.tasks import fstransport, redistransport
 
 QUEUE = "garrison"
 
@@ -41,6 +41,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "polling_interval": 0.1,
         }
     elif settings.broker_url.startswith(("redis://", "rediss://")):
+        redistransport.install()  # a worker survives Redis loss (see the module)
         broker_options = {"visibility_timeout": settings.broker_visibility_timeout}
     return {
         "broker_url": settings.broker_url,

@@ -85,6 +85,7 @@ def run(venv: Path, env: dict[str, str], cwd: Path, *args: str) -> subprocess.Co
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # building the venv the first time: minutes on a loaded machine
 def test_a_plain_install_runs_migrations_a_worker_and_beat_on_postgresql_and_redis(tmp_path: Path) -> None:
     require_services()
     venv = user_venv(tmp_path)

@@ -96,7 +96,8 @@ def _ingest_file(
     """``ingest --file``: JSON lines in batches, each one ``ingest_many`` (one transaction)."""
 
     client = obj.client
-    label = "stdin" if source.name in ("-", "<stdin>") else source.name
+    name = getattr(source, "name", "-")  # a wrapped stdin may have none
+    label = "stdin" if name in ("-", "<stdin>") or not isinstance(name, str) else name
     size = _file_size(source)
     batch: list[tuple[int, dict[str, Any]]] = []
     counts = {"events": 0, "stored": 0, "duplicates": 0, "batches": 0}

@@ -207,9 +207,10 @@ class Runtime:
             unknown = set(item) - _EVENT_FIELDS
             if unknown:
                 names = sorted(u for u in unknown if isinstance(u, str) and u.isprintable())
-                field = f"events[{i}].{names[0]}" if len(names) == len(unknown) else f"events[{i}]"
+                if len(names) == len(unknown):
+                    raise ValidationError(f"events[{i}] has unknown fields {names}", field=f"events[{i}].{names[0]}")
                 shown = sorted(repr(u) for u in unknown)
-                raise ValidationError(f"events[{i}] has unknown fields {', '.join(shown)}", field=field)
+                raise ValidationError(f"events[{i}] has unknown fields {', '.join(shown)}", field=f"events[{i}]")
             checked.append(self.check_event(
                 item.get("name"), item.get("key"), item.get("data"), tenant=item.get("tenant"),
                 idempotency_key=item.get("idempotency_key"), target=item.get("target"),

@@ -126,8 +126,8 @@ def build_app(client: Garrison, *, own_client: bool = False) -> FastAPI:
         if exc.status_code == 405:
             return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}",
                           headers=headers)
-        if exc.status_code == 400:
-            return _error(400, "invalid", "the body could not be read: send UTF-8 JSON, nested at most "
+        if exc.status_code == 400:  # answered as a body that does not parse (422), whatever the reason
+            return _error(422, "invalid", "the body could not be read: send UTF-8 JSON, nested at most "
                           f"{client.settings.max_nesting} deep, with numbers JSON peers can read", "body",
                           [FieldError(field="body", message="could not be read")], headers=headers)
         return _error(exc.status_code, "invalid", str(exc.detail), headers=headers)

@@ -123,7 +123,7 @@ def _ingest_file(
     try:
         with progress_bar(f"ingest {label}", size, show=progress) as bar:
             for number, line in enumerate(source, 1):
-                bar.update(len(line.encode()) if size is not None else 1)
+                bar.update(len(line.encode("utf-8", "surrogateescape")) if size is not None else 1)
                 if number < from_line or not line.strip():
                     continue
                 item = _parse_line(number, line, batch[0][0] if batch else number)

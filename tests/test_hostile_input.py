@@ -256,6 +256,13 @@ def test_the_python_api_refuses_an_unknown_target_or_reducer_when_it_knows_its_a
         hostile.ingest_many([{"name": "nope", "key": "k", "target": "echo"}])
     assert info.value.field == "events[0].name"
     assert counts(hostile) == (0, 0)
+    # A machine this process imported but does not run (a listener's send to it): known, not refused.
+    other = Garrison(hostile.settings.with_overrides(automations=("tests.apps.nodes",)), publisher=NullPublisher())
+    assert "echo" not in other.registry
+    assert not echo.send("keep", "k", {}, client=other).duplicate
+    with pytest.raises(ValidationError):
+        echo.send("nope", "k", {}, client=other)
+    other.db.dispose()
     # A web process that only ingests has no automations: it cannot know, and stores the event as sent.
     web = Garrison(hostile.settings.with_overrides(automations=()), publisher=NullPublisher())
     assert not web.ingest("keep", "k", {}, target="nope").duplicate

@@ -8,6 +8,7 @@ Side effects run later in ``perform``, handed an :class:`EffectContext` with a s
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -204,6 +205,7 @@ class Automation(ABC):
         if any(ch in name for ch in " \t\n"):
             raise DefinitionError("an automation name cannot contain whitespace", automation=name)
         self.name = name
+        _DEFINED[name] = self
 
     @abstractmethod
     def accepts(self, message: Message) -> bool:
@@ -219,6 +221,16 @@ class Automation(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+# Every automation defined in this process (imported), registered or not: an event targeted at one of them
+# is not refused as unknown (a listener sends to a machine its worker imports without running it).
+_DEFINED: weakref.WeakValueDictionary[str, Automation] = weakref.WeakValueDictionary()
+
+
+def defined(name: str) -> Automation | None:
+    """The automation of that name defined in this process, if any (registered or not)."""
+    return _DEFINED.get(name)
 
 
 def preferences_for(

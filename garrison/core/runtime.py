@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from garrison.clock import Clock, SystemClock
 from garrison.config import Settings
-from garrison.core.contract import Automation
+from garrison.core.contract import Automation, defined
 from garrison.core.db import Database
 from garrison.core.engine import Engine
 from garrison.core.ingest import MAX_TENANT, EventIn, IngestedEvent, validate, write_events
@@ -178,18 +178,20 @@ class Runtime:
         return event
 
     def check_target(self, target: str, name: str, *, where: str = "") -> None:
-        """Refuse a target no registered automation has, or a reducer its machine lacks, when this
-        process knows its automations (none registered: nothing to check against)."""
+        """Refuse a target that no automation of this process has (registered, or defined in a module it
+        imported: a listener may send to a machine its worker does not run), or a reducer its machine
+        lacks, when this process knows its automations (none registered: nothing to check against)."""
         registry = self.registry
         if not len(registry):
             return
-        if target not in registry:
+        automation = registry.get(target) if target in registry else defined(target)
+        if automation is None:
             raise ValidationError(
                 f"{where}target: no automation named {target!r} is registered "
                 f"(known: {sorted(a.name for a in registry)})",
                 field=where + "target",
             )
-        check = getattr(registry.get(target), "check_reducer", None)
+        check = getattr(automation, "check_reducer", None)
         if callable(check):
             try:
                 check(name)

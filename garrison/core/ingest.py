@@ -94,7 +94,8 @@ def validate(
     except JSONRefused as exc:
         at = where + "data" + ("" if not exc.path else exc.path if exc.path.startswith("[") else "." + exc.path)
         raise ValidationError(f"{at} {exc.reason}", field=where + "data", path=at) from exc
-    size = len(json.dumps(plain, separators=(",", ":")).encode())
+    encoded = json.dumps(plain, separators=(",", ":"))
+    size = len(encoded.encode())
     if size > max_payload_bytes:
         raise PayloadTooLarge(
             f"{where}data is {size} bytes, over the limit of {max_payload_bytes} (GARRISON_MAX_PAYLOAD_BYTES)",
@@ -106,7 +107,7 @@ def validate(
         tenant=str(tenant),
         name=str(name),
         key=str(key),
-        data=plain,
+        data=json.loads(encoded),  # a copy: the caller's dict may change after ingest
         idempotency_key=None if idempotency_key is None else str(idempotency_key),
         target=None if target is None else str(target),
         system=bool(system),

@@ -49,6 +49,8 @@ class JSONRefused(ValueError):
 
 def check_text(value: str) -> str | None:
     """Why ``value`` cannot be stored as text (a NUL or a lone surrogate), or None when it can."""
+    if value.isascii():
+        return "contains a NUL character" if "\x00" in value else None
     found = _BAD_TEXT.search(value)
     if found is None:
         return None
@@ -56,60 +58,94 @@ def check_text(value: str) -> str | None:
 
 
 def check_json(value: Any, *, max_nesting: int = DEFAULT_MAX_NESTING) -> JSON:
-    """``value`` as plain JSON (tuples become lists), or :class:`JSONRefused` naming where it is not.
+    """``value`` as plain JSON, or :class:`JSONRefused` naming where it is not.
 
-    Iterative, so a value nested 10,000 deep is refused rather than overflowing the stack.
+    The value itself comes back when it is plain already (the common case: nothing is copied); a copy
+    when it holds tuples (stored as lists) or subclasses of str, int or float (stored as the plain value).
+    Recursion is bounded by ``max_nesting`` (at most a few hundred), so a value nested 10,000 deep is
+    refused at its limit rather than overflowing the stack.
     """
-    root: list[Any] = [None]
-    # (value, container to put the copy in, index or key there, depth, path)
-    stack: list[tuple[Any, Any, Any, int, str]] = [(value, root, 0, 0, "")]
-    while stack:
-        item, into, slot, depth, path = stack.pop()
-        kind = type(item)
-        if kind is str:
-            bad = check_text(item)
-            if bad:
-                raise JSONRefused(bad, path)
-            into[slot] = item
-        elif kind is bool or item is None:
-            into[slot] = item
-        elif kind is int:
-            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                raise JSONRefused("is an integer beyond +-(2**53 - 1), which JSON peers cannot read exactly: "
-                                  "send it as a string", path)
-            into[slot] = item
-        elif kind is float:
-            if not math.isfinite(item):
-                raise JSONRefused(f"is {item}, which is not JSON", path)
-            into[slot] = item
-        elif isinstance(item, dict):
-            if depth >= max_nesting:
-                raise JSONRefused(f"is nested deeper than {max_nesting} levels (GARRISON_MAX_NESTING)", path)
-            copy: dict[str, Any] = {}
-            into[slot] = copy
-            for k, v in item.items():
+    try:
+        plain = _plain(value, 0, max_nesting)
+    except _Refused as exc:
+        raise JSONRefused(exc.reason, "".join(reversed(exc.parts))) from None
+    return value if plain else _copy(value)
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.parts: list[str] = []
+
+
+def _plain(value: Any, depth: int, limit: int) -> bool:
+    """Check ``value``; True when it is plain JSON already (no tuple, no subclass anywhere in it)."""
+    kind = type(value)
+    if kind is str:
+        bad = check_text(value)
+        if bad:
+            raise _Refused(bad)
+        return True
+    if kind is int:
+        if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            return True
+        raise _Refused("is an integer beyond +-(2**53 - 1), which JSON peers cannot read exactly: send it as a string")
+    if kind is bool or value is None:
+        return True
+    if kind is float:
+        if math.isfinite(value):
+            return True
+        raise _Refused(f"is {value}, which is not JSON")
+    if kind is dict or kind is list or kind is tuple:
+        if depth >= limit:
+            raise _Refused(f"is nested deeper than {limit} levels (GARRISON_MAX_NESTING)")
+        plain = kind is not tuple
+        if kind is dict:
+            for k, v in value.items():
                 if type(k) is not str:
-                    raise JSONRefused(f"has a key {k!r} that is not a string", path)
+                    raise _Refused(f"has a key {k!r} that is not a string")
                 bad = check_text(k)
                 if bad:
-                    raise JSONRefused(f"has a key that {bad}", path)
-                copy[k] = None
-                stack.append((v, copy, k, depth + 1, f"{path}.{k}" if path else k))
-        elif isinstance(item, list | tuple):
-            if depth >= max_nesting:
-                raise JSONRefused(f"is nested deeper than {max_nesting} levels (GARRISON_MAX_NESTING)", path)
-            items: list[Any] = [None] * len(item)
-            into[slot] = items
-            for i, v in enumerate(item):
-                stack.append((v, items, i, depth + 1, f"{path}[{i}]"))
-        elif isinstance(item, str | int | float):
-            # Subclasses (enums and the like) are stored as the plain value, as ``json`` writes them.
-            plain = str.__str__(item) if isinstance(item, str) else bool(item) if isinstance(item, bool) else (
-                int(item) if isinstance(item, int) else float(item))
-            stack.append((plain, into, slot, depth, path))
+                    raise _Refused(f"has a key that {bad}")
+                try:
+                    plain = _plain(v, depth + 1, limit) and plain
+                except _Refused as exc:
+                    exc.parts.append(f".{k}" if depth else k)
+                    raise
         else:
-            raise JSONRefused(f"is a {kind.__name__}, which is not JSON", path)
-    return root[0]
+            for i, v in enumerate(value):
+                try:
+                    plain = _plain(v, depth + 1, limit) and plain
+                except _Refused as exc:
+                    exc.parts.append(f"[{i}]")
+                    raise
+        return plain
+    if isinstance(value, dict | list | tuple):  # subclasses: checked as their base, stored plain
+        _plain(dict(value) if isinstance(value, dict) else list(value), depth, limit)
+        return False
+    if isinstance(value, str | int | float):
+        _plain(_base(value), depth, limit)
+        return False
+    raise _Refused(f"is a {kind.__name__}, which is not JSON")
+
+
+def _base(value: Any) -> Any:
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bool):
+        return bool(value)
+    return int(value) if isinstance(value, int) else float(value)
+
+
+def _copy(value: Any) -> Any:
+    """A plain copy of a value :func:`_plain` accepted."""
+    if isinstance(value, dict):
+        return {str.__str__(k): _copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_copy(v) for v in value]
+    if isinstance(value, str | int | float) and not isinstance(value, bool) and type(value) not in (str, int, float):
+        return _base(value)
+    return value
 
 
 def clone_json(value: JSON) -> JSON:
@@ -137,7 +173,9 @@ def ensure_json(value: JSON, what: str, *, max_nesting: int = 2 * DEFAULT_MAX_NE
     which may hold event data: twice ingest's default nesting, as the engine allows (its own check,
     ``core.contract.check_outcome``, applies the configured limit)."""
     try:
-        return check_json(value, max_nesting=max_nesting)
+        plain = check_json(value, max_nesting=max_nesting)
+        # A copy, as before: what a handler returns may share objects with what it was given.
+        return clone_json(plain) if plain is value else plain
     except JSONRefused as exc:
         where = f"{what}, at {exc.path}," if exc.path else what
         raise TypeError(f"{where} {exc.reason}") from exc

@@ -57,6 +57,10 @@ AUTOMATION = "inquiry_bench"
 POLL = 0.25
 
 
+# --fresh: never ANALYZE (set by main).
+FRESH = False
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--entities", type=int, default=100_000)
@@ -73,6 +77,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", REDIS_URL))
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--fresh", action="store_true",
+                   help="never ANALYZE: the tables as a fresh install or a bulk import leaves them (no statistics)")
     p.add_argument("--patch", default="", help="one more garrison run (first page size) with these "
                    "optimizations of benchmarks/proposals.py in its worker (not merged; '' for none)")
     p.add_argument("--profile", action="store_true",
@@ -98,6 +104,8 @@ def scalar(client: Garrison, sql: str, **params: Any) -> Any:
 
 def analyze(client: Garrison) -> None:
     """As autoanalyze would (the server runs with ``autovacuum = off``)."""
+    if FRESH:
+        return
     with client.db.engine.begin() as conn:
         for table in ("garrison_events", "garrison_streams", "garrison_cursors", "garrison_entities",
                       "garrison_state_versions", "garrison_pulse_slots", "garrison_schedules"):
@@ -160,7 +168,7 @@ def run_garrison(args: argparse.Namespace, chunk: int, tmp: Path, patch: str = "
                 "fan_out_s": None if finished is None else float(finished) - published_at,
                 "last_applied_s": None if last_state is None else float(last_state) - published_at,
                 "pulse_events": scalar(client, "SELECT count(*) FROM garrison_events WHERE tenant = :t "
-                                               "AND idempotency_key LIKE 'pulse:%'"),
+                                               "AND idempotency_key LIKE 'garrison/pulse:%'"),
                 "failures": scalar(client, "SELECT count(*) FROM garrison_failures"),
             }
     except BaseException:
@@ -314,7 +322,9 @@ def profile(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    global FRESH
     args = parse(argv)
+    FRESH = args.fresh
     if args.profile:
         return profile(args)
     print(f"pulses: checkTimeout over {args.entities:,} entities, PostgreSQL + Redis, 1 worker x {args.pool} "

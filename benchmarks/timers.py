@@ -54,6 +54,10 @@ TENANT = "bench"
 WARMUP_TENANT = "warmup"
 
 
+# --fresh: never ANALYZE (set by main).
+FRESH = False
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--far", type=int, default=100_000, help="timers due in 1 to 7 days")
@@ -68,6 +72,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", REDIS_URL))
     p.add_argument("--timeout", type=float, default=1200.0)
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--fresh", action="store_true",
+                   help="never ANALYZE: the tables as a fresh install or a bulk import leaves them (no statistics)")
     return p.parse_args(argv)
 
 
@@ -86,6 +92,8 @@ def analyze(client: Garrison) -> None:
     ``autovacuum = off``: without statistics the planner takes the 100,000-row tables for empty, and the
     engine's ``pending`` query (streams LEFT JOIN cursors, ``key IN (...)``) turns into hash joins over
     every stream of the tenant (0.3 to 0.7 s a call instead of under 1 ms)."""
+    if FRESH:
+        return
     with client.db.engine.begin() as conn:
         for table in ("garrison_events", "garrison_streams", "garrison_cursors", "garrison_entities",
                       "garrison_state_versions", "garrison_timers", "garrison_runs"):
@@ -106,7 +114,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    global FRESH
     args = parse(argv)
+    FRESH = args.fresh
     rng = random.Random(args.seed)
     out: dict[str, Any] = {"far": args.far, "near": args.near}
     print(f"timers: {args.far:,} far timers (1-7 days) + {args.near:,} due {args.near_start:.0f}-"

@@ -15,6 +15,7 @@
     ├── DeterminismError        a journey's code no longer makes the calls its live run's history recorded
     ├── VersionMismatch         a statechart event or snapshot of another machine version (names both)
     ├── MigrationError          the schema cannot be migrated as asked (unknown revision, unreachable database)
+    ├── DatabaseUnavailable     the database cannot be reached, or dropped the connection (a restart)
     └── ActorError              an actor held outside the worker (statecharts.actors) cannot go on
         ├── ActorLocked         another owner holds its lease past the acquire timeout (names the holder)
         ├── LeaseLost           its read-write lease expired or was taken before save: nothing was saved
@@ -127,6 +128,14 @@ class EventFailed(ActorError):
     event: str
     failure_id: int | None
     result: Any
+
+
+class DatabaseUnavailable(GarrisonError):
+    """The database could not be reached, or it closed the connection mid-transaction (a restart, a
+    failover, an administrator's terminate): the transaction was rolled back, nothing of it was written.
+    Retry later; the connection pool reconnects by itself. ``database`` names it (without its password)."""
+
+    database: str
 
 
 class MigrationError(GarrisonError):

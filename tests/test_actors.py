@@ -56,6 +56,16 @@ def lease_holder(client: Garrison, automation: str, key: str) -> str | None:
     return None if held is None or held.expires_at <= client.clock.now() else held.owner
 
 
+def waiting_on_a_lock(client: Garrison) -> bool:
+    """Whether a session of this database waits on a row lock (PostgreSQL)."""
+    from sqlalchemy import text
+
+    with client.db.engine.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )).scalar())
+
+
 def count_of(client: Garrison, key: str) -> int:
     return int(client.state("tally", key)["context"]["count"])
 
@@ -76,7 +86,7 @@ def test_send_previews_locally_and_save_applies_through_the_engine(frozen: Garri
     with frozen.db.session() as s:
         stored = s.execute(select(EVENTS.c.target, EVENTS.c.data, EVENTS.c.idempotency_key)).one()
     assert stored.target == "light" and stored.data == {"$machine": {"name": "light", "version": 1}}
-    assert stored.idempotency_key == f"actor:{actor.owner}:1"
+    assert stored.idempotency_key == f"garrison/actor:{actor.owner}:1"
     # The timer of the state it entered is a durable timer like any other.
     assert frozen.run_pending() == 0
     actor.close()
@@ -291,4 +301,85 @@ def test_actor_saves_and_a_real_worker_on_the_same_key_never_lose_an_update(
                                   + [f"worker-{i}" for i in range(12)])
     assert [s for s in seen if s.startswith("worker")] == [f"worker-{i}" for i in range(12)]  # in ingest order
     assert client.failures() == []
+    client.db.dispose()
+
+
+# -- saves that race: duplicates, a stalled holder, what the chart emits -------------------------------
+
+
+def test_two_copies_of_one_request_saved_at_once_return_the_duplicate_instead_of_an_integrity_error(
+    frozen: Garrison,
+) -> None:
+    """The second copy checks for its idempotency key before the first commits, then waits on the key's
+    stream row; when the first commits, its insert conflicts. It must come back as the duplicate."""
+    from garrison.core.ingest import validate, write_events
+
+    chart = frozen.registry.get("tally")
+    assert isinstance(chart, Statechart)
+    first = validate("tick", "t9", chart.stamp({"n": "req-1"}), tenant=frozen.settings.tenant,
+                     idempotency_key="req-1", target="tally", max_payload_bytes=10**6)
+    copy = load_actor(frozen, "tally", "t9")
+    copy.send("tick", {"n": "req-1"}, idempotency_key="req-1")
+    outcome: dict[str, Any] = {}
+
+    def save() -> None:
+        try:
+            outcome["result"] = copy.save()
+        except Exception as exc:  # noqa: BLE001 - the test reports what escaped
+            outcome["error"] = exc
+
+    with frozen.db.session() as s:  # the first copy, still uncommitted while the second saves
+        write_events(s, frozen.db, [first], frozen.clock.now())
+        thread = threading.Thread(target=save)
+        thread.start()
+        if frozen.db.dialect == "postgresql":  # SQLite: the save waits for this whole transaction instead
+            wait_until(lambda: waiting_on_a_lock(frozen), what="the second copy to wait on the stream row")
+    thread.join(60)
+    copy.close()
+    assert "error" not in outcome, outcome.get("error")
+    [sent] = outcome["result"].events
+    assert sent.duplicate and sent.idempotency_key == "req-1"
+    with frozen.db.session() as s:
+        assert len(s.execute(select(EVENTS.c.id).where(EVENTS.c.idempotency_key == "req-1")).all()) == 1
+
+
+@pytest.mark.parametrize("lock", ["write", "read-write"])
+def test_a_holder_that_stalls_after_its_lease_check_writes_nothing_once_another_holder_took_over(
+    frozen: Garrison, lock: str
+) -> None:
+    clock = frozen.clock
+    assert isinstance(clock, FrozenClock)
+    slow = load_actor(frozen, "tally", "t10", lock=lock, lease_ttl=2)  # type: ignore[arg-type]
+    slow.send("tick", {"n": "slow"})
+    checked = slow._lease.before_save
+
+    def check_then_stall() -> None:
+        checked()  # the lease is ours here...
+        clock.advance(3)  # ...then the holder stalls past its TTL and another caller takes the actor
+        with hold_actor(frozen, "tally", "t10", lock="read-write", acquire_timeout=0) as other:
+            other.send("tick", {"n": "other"})
+
+    slow._lease.before_save = check_then_stall  # type: ignore[method-assign]
+    with pytest.raises(LeaseLost):
+        slow.save()
+    slow.close()
+    assert frozen.state("tally", "t10")["context"]["seen"] == ["other"]
+    with frozen.db.session() as s:
+        names = s.execute(select(EVENTS.c.data).where(EVENTS.c.key == "t10")).scalars().all()
+    assert [d["n"] for d in names] == ["other"]
+
+
+@pytest.mark.worker
+def test_an_event_a_state_emits_on_entry_during_save_is_published_at_once(
+    backend: str, settings_for: Callable[..., Settings], worker: Callable[..., WorkerProcess]
+) -> None:
+    """No beat runs here, so nothing but the save's publish can wake the key for the other automation."""
+    settings = settings_for(backend, automations=(*APPS, "tests.apps.switchboard"))
+    client = Garrison(settings)
+    worker(settings)
+    with hold_actor(client, "light", "lamp") as lamp:
+        lamp.send("light.off")
+    assert client.state("light", "lamp")["status"] == "done"
+    wait_until(lambda: client.state("switchboard", "lamp") == {"off": 1},
+               what="the switchboard applied the event the light emitted when it entered off")
     client.db.dispose()

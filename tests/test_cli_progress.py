@@ -104,6 +104,15 @@ BAD_LINES = [
     (json.dumps({**add("k", 1), "tenant": "x" * 65}), "line 2: tenant is longer than 64 characters (field: tenant)"),
     (json.dumps({**add("k", 1), "target": "nobody"}), "line 2: no automation named 'nobody' is registered"),
     (json.dumps({**add("k", 1), "name": "nope"}), "(field: reducer)"),
+    # Hostile input (issue 11): NUL, nesting, numbers JSON peers cannot read, garrison's own namespace.
+    (json.dumps({**add("k", 1), "key": "k\u0000"}), "line 2: key contains a NUL character (field: key)"),
+    ('{"name": "add", "key": "k", "target": "counter", "data": {"x": ' + "[" * 5000 + "]" * 5000 + "}}",
+     "line 2: nested too deep to read (field: data)"),
+    ('{"name": "add", "key": "k", "target": "counter", "data": {"x": ' + "[" * 70 + "]" * 70 + "}}",
+     "GARRISON_MAX_NESTING) (field: data)"),
+    ('{"name": "add", "key": "k", "target": "counter", "data": {"x": NaN}}', "data.x is nan, which is not JSON"),
+    (json.dumps({**add("k", 1), "data": {"x": 2**60}}), "data.x is an integer beyond"),
+    (json.dumps({**add("k", 1), "idempotency_key": "garrison/timer:1"}), "that namespace is garrison's own"),
 ]
 
 
@@ -118,6 +127,17 @@ def test_ingest_file_refuses_each_kind_of_bad_line_naming_it_and_stores_nothing(
         first, second, _ = refused.stderr.splitlines()
         assert first.startswith("error: line 2: ") and message in first, (line, first)
         assert second == "nothing from line 1 on was stored"
+    assert inspect_key(offline, "k").last_seq == 0
+
+
+def test_ingest_file_refuses_bytes_that_are_not_utf8_naming_the_line_and_field(
+    offline: Garrison, tmp_path: Path
+) -> None:
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(jsonl([add("k", 0)]).encode() + b'{"name": "add", "key": "caf\xe9", "target": "counter"}\n')
+    refused = run(offline.settings, "ingest", "--file", str(path))
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert refused.stderr.startswith("error: line 2: key contains a lone surrogate"), refused.stderr
     assert inspect_key(offline, "k").last_seq == 0
 
 

@@ -467,3 +467,31 @@ def test_celery_settings_garrison_cannot_run_with_are_refused_and_the_rest_are_n
         lines = [r.getMessage() for r in caplog.records if r.name == "garrison.django"]
         assert lines and all("CELERY_RESULT_BACKEND, CELERY_TIMEZONE" in line and "not garrison's worker" in line
                              for line in lines)
+HOSTILE = [
+    ({"name": "app/email.submitted\x00", "key": "u"}, "name"),
+    ({"name": "app/email.submitted", "key": "u\ud800"}, "key"),
+    ({"name": "app/email.submitted", "key": "u", "data": {"email": "a\x00"}}, "data"),
+    ({"name": "app/email.submitted", "key": "u", "data": {"n": float("nan")}}, "data"),
+    ({"name": "app/email.submitted", "key": "u", "data": {"n": 2**60}}, "data"),
+    ({"name": "app/email.submitted", "key": "u", "idempotency_key": "garrison/timer:1"}, "idempotency_key"),
+    ({"name": "app/email.submitted", "key": "u", "target": "no-such-automation"}, "target"),
+]
+
+
+@pytest.mark.parametrize(("event", "field"), HOSTILE)
+def test_hostile_input_is_refused_by_django_ingest_and_ingest_many_naming_the_field(
+    garrison_settings: Settings, event: dict[str, Any], field: str
+) -> None:
+    from django.db import transaction
+
+    from garrison.contrib import django as garrison
+
+    for in_transaction in (False, True):
+        with transaction.atomic():
+            with pytest.raises(ValidationError) as refused:
+                garrison.ingest(**event, in_transaction=in_transaction)
+            assert refused.value.field == field
+            with pytest.raises(ValidationError) as refused:
+                garrison.ingest_many([{"name": "app/ok", "key": "u"}, event], in_transaction=in_transaction)
+            assert refused.value.field == f"events[1].{field}"
+    assert events() == []

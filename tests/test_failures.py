@@ -113,7 +113,7 @@ def test_a_failed_message_retried_after_its_cause_is_fixed_applies_once_to_the_c
     assert not retried.duplicate and retried.id != failed.id
     assert (retried.name, retried.key, retried.target) == ("charge", "acct", "flaky")
     assert retried.data == failed.data
-    assert (retried.idempotency_key or "").startswith(f"retry:{failure['id']}")
+    assert (retried.idempotency_key or "").startswith(f"garrison/retry:{failure['id']}")
 
     wait_until(lambda: client.state("flaky", "acct") == {"charged": [2, 1]}, what="the retry applied")
     [after] = failures(client)

@@ -168,3 +168,31 @@ def test_flask_garrison_is_the_garrison_command_with_the_app_settings(
     assert done.exit_code == 0, done.output
     assert '"tenant": "acme"' in done.output
     assert stored(client_of(app)) == [("bo@example.com", 1)]
+
+
+@pytest.mark.parametrize(("event", "field"), [
+    ({"name": "subscribe\x00", "key": "u"}, "name"),
+    ({"name": "subscribe", "key": "u\ud800"}, "key"),
+    ({"name": "subscribe", "key": "u", "data": {"list": "a\x00"}}, "data"),
+    ({"name": "subscribe", "key": "u", "data": {"n": float("inf")}}, "data"),
+    ({"name": "subscribe", "key": "u", "data": {"n": -(2**60)}}, "data"),
+    ({"name": "subscribe", "key": "u", "idempotency_key": "garrison/retry:1"}, "idempotency_key"),
+    ({"name": "subscribe", "key": "u", "target": "no-such-automation"}, "target"),
+])
+def test_hostile_input_is_refused_by_the_extension_naming_the_field_and_nothing_is_written(
+    backend: str, settings_for: Callable[..., Settings], make_app: Callable[..., Flask], event: dict[str, Any],
+    field: str,
+) -> None:
+    from newsletter import garrison as extension
+
+    from garrison.errors import ValidationError
+
+    app = make_app(settings_for(backend, automations=AUTOMATIONS))
+    with app.app_context():
+        with pytest.raises(ValidationError) as refused:
+            extension.ingest(**event)
+        assert refused.value.field == field
+        with pytest.raises(ValidationError) as refused:
+            extension.ingest_many([{"name": "subscribe", "key": "ok"}, event])
+        assert refused.value.field == f"events[1].{field}"
+    assert stored(client_of(app)) == []

@@ -429,3 +429,36 @@ def test_garrison_serve_takes_an_event_over_http_that_a_real_worker_applies(
         client.db.dispose()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b'{"name": "add", "key": "k", "data": {"s": "\xff\xfe"}}', "not UTF-8"),
+    (b'{"name": "add", "key": "k", "data": {"x": ' + b"[" * 1000 + b"]" * 1000 + b"}}", "nested 1,000 deep"),
+    (b'{"name": "add", "key": "k", "data": {"x": ' + b"9" * 2000 + b"}}", "a 2,000-digit number"),
+])
+def test_a_body_that_cannot_be_read_gets_422_in_garrisons_error_shape(api: Api, body: bytes, why: str) -> None:
+    answer = api.http.post("/events", content=body,
+                           headers={"X-API-Key": api.keys["acme"], "Content-Type": "application/json"})
+    assert answer.status_code == 422, why
+    assert set(answer.json()) == {"error", "message", "field", "errors"} and answer.json()["field"] in ("body", "data")
+    assert nothing_stored(api.client)
+
+
+def test_data_nested_past_the_limit_or_with_an_integer_beyond_2_53_gets_422_naming_data(api: Api) -> None:
+    deep: Any = 1
+    for _ in range(100):
+        deep = [deep]
+    for data in ({"x": deep}, {"x": 2**53}, {"x": "nul\u0000"}):
+        answer = api.post({"name": "add", "key": "k", "data": data, "target": "counter"})
+        assert answer.status_code == 422 and answer.json()["field"] == "data", answer.json()
+    assert nothing_stored(api.client)
+
+
+def test_an_unknown_path_and_a_wrong_method_answer_in_garrisons_error_shape(api: Api) -> None:
+    missing = api.http.get("/nope")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    wrong = api.http.get("/events")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+    assert "POST" in wrong.headers.get("allow", "")
+    for answer in (missing, wrong):
+        assert set(answer.json()) == {"error", "message", "field", "errors"}

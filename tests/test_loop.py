@@ -87,7 +87,7 @@ def test_start_runs_init_and_its_commands_without_any_message(
     client = Garrison(settings, automations=[poller], publisher=NullPublisher())
     started = poller.start("feed-1", client=client)
     assert (started.name, started.target, started.idempotency_key) == (
-        "garrison/loop.start", "poller", "garrison/loop.start/poller/feed-1")
+        "garrison/loop.start", "poller", "garrison/loop.start:poller:feed-1")
     assert client.state("poller", "feed-1") is None                  # nothing runs before a worker applies it
     Runner(client).run_pending()
     assert client.state("poller", "feed-1") == {"pages": [1, 2, 3], "inits": 1}

@@ -408,7 +408,7 @@ def test_on_a_real_worker_broadcast_reaches_each_subscriber_once_send_reaches_on
             assert len(ids) == len(set(ids)), node.name
         assert seen_ids(inventory, client) == [stock.event.id]
         assert [e["type"] for e in dashboard.state.get("seen")].count("invoice.created") == 2
-        assert count(client, EVENTS, EVENTS.c.idempotency_key.like(f"node:{e0.id}:%")) == 3
+        assert count(client, EVENTS, EVENTS.c.idempotency_key.like(f"garrison/node:{e0.id}:%")) == 3
         assert dashboard.state.get("report") == {
             "orders": {"o-1": {"id": "o-1", "amount": 150}, "o-2": {"id": "o-2", "amount": 5}},
             "dashboard": None, "ghost": None, "billing": 2,

@@ -16,6 +16,8 @@ from garrison.pulses.schedules import PulseSchedule
 from tests.test_examples import load
 from tests.test_timers import analyze
 
+T0 = datetime(2025, 1, 1, 12, 1, tzinfo=UTC)
+
 START = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
@@ -63,7 +65,7 @@ def test_a_pulse_reaches_every_entity_once_even_when_pages_and_slots_are_repeate
     assert len(states) == 2_500 and {state["count"] for state in states} == {2}  # created once, pulsed once
     with client.db.session() as s:
         pulses = s.execute(
-            select(func.count()).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.like("pulse:%"))
+            select(func.count()).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.like("garrison/pulse:%"))
         ).scalar_one()
         row = s.execute(select(PULSE_SLOTS).where(PULSE_SLOTS.c.id == opened.id)).one()
     assert pulses == 2_500
@@ -144,7 +146,7 @@ def test_a_pulse_key_is_the_same_whichever_path_wrote_it_even_for_keys_too_long_
     assert written is not None and sorted(e.key for e in written) == sorted(keys)
     with client.db.session() as s:
         stored = dict(s.execute(select(EVENTS.c.key, EVENTS.c.idempotency_key).where(
-            EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.like("pulse:%"))).all())
+            EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.like("garrison/pulse:%"))).all())
     assert stored == {k: pulse_key(schedule_id, slot, k) for k in keys}
     assert all(len(v) <= 255 for v in stored.values()) and "sha256:" in stored["x" * 250]
     assert fan_out_chunk(client.db, tenant, opened.id, client.clock.now(), 10) is None  # the slot is done
@@ -207,3 +209,39 @@ def test_a_pulse_filter_selects_exactly_what_state_matches_selects_whichever_sid
         assert sorted(reached) == expected, where
     assert sql_filter(WHERES[0]) is not None and sql_filter(WHERES[4]) is not None
     assert sql_filter(WHERES[6]) is None and sql_filter(WHERES[7]) is None
+
+
+def test_an_entity_whose_batch_started_before_the_slot_and_committed_after_a_page_passed_it_is_still_pulsed(
+    settings_for: Callable[..., Settings], backend: str
+) -> None:
+    """The race at the slot boundary, step by step: an entity's ``created_at`` is its engine batch's start.
+    A batch that started a second before the slot commits only after the first page went past its key;
+    the pages never come back to it, the last pass over entities created just before the slot does."""
+    from sqlalchemy import insert
+
+    client = Garrison(settings_for(backend, automations=()), publisher=NullPublisher(), clock=FrozenClock(T0))
+    tenant = client.settings.tenant
+    def entity(key: str, created: datetime) -> dict[str, Any]:
+        return {"tenant": tenant, "key": key, "automation": "inquiry", "state": {"status": "open"}, "version": 1,
+                "cursor": 1, "created_at": created, "updated_at": created}
+
+    with client.db.session() as s:
+        s.execute(insert(ENTITIES), [entity(f"e{i:02}", T0 - timedelta(hours=1)) for i in range(10)])
+    spec = PulseSchedule(name="timeouts", automation="inquiry", message="checkTimeout", every=timedelta(minutes=1))
+    schedule_id = save_schedule(client.db, tenant, spec, T0 - timedelta(minutes=5))
+    opened = open_slot(client.db, tenant, schedule_id, T0, T0)
+    assert opened is not None
+    first = fan_out_chunk(client.db, tenant, opened.id, T0, chunk=4)
+    assert first is not None and [e.key for e in first] == ["e00", "e01", "e02", "e03"]
+    with client.db.session() as s:  # the late batch commits now, with the time its batch started
+        s.execute(insert(ENTITIES), [entity("e01-late", T0 - timedelta(seconds=1)),
+                                     entity("e99-after", T0 + timedelta(seconds=1))])
+    while fan_out_chunk(client.db, tenant, opened.id, T0, chunk=4) is not None:
+        pass
+    with client.db.session() as s:
+        sent = dict(s.execute(
+            select(EVENTS.c.key, func.count()).where(EVENTS.c.tenant == tenant, EVENTS.c.name == "checkTimeout")
+            .group_by(EVENTS.c.key)
+        ).all())
+    assert sent == {**{f"e{i:02}": 1 for i in range(10)}, "e01-late": 1}  # each once; none created after the slot
+    client.db.dispose()

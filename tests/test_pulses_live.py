@@ -38,7 +38,8 @@ def slot_rows(client: Garrison) -> list[tuple[int, str, int, int | None]]:
 def pulse_events_per_key(client: Garrison) -> dict[str, int]:
     with client.db.session() as s:
         rows = s.execute(select(EVENTS.c.key, func.count())
-                         .where(EVENTS.c.tenant == client.settings.tenant, EVENTS.c.idempotency_key.like("pulse:%"))
+                         .where(EVENTS.c.tenant == client.settings.tenant,
+                                EVENTS.c.idempotency_key.like("garrison/pulse:%"))
                          .group_by(EVENTS.c.key)).all()
     return {key: n for key, n in rows}
 

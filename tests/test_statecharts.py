@@ -112,7 +112,7 @@ def test_a_parallel_state_runs_its_regions_at_once_and_its_on_done_fires_when_ev
     [emit] = shipped.emits
     assert emit.name == "order.shipped" and emit.key == "k" and emit.data["total"] == 4
     assert emit.data["$source"] == {"machine": "orders", "version": 1, "state": "shipped", "entry": 10}
-    assert emit.idempotency_key == "statechart:orders:k:entry:10"
+    assert emit.idempotency_key == "garrison/statechart:orders:k:entry:10"
 
 
 def test_one_event_moves_every_region_of_a_parallel_state_and_leaving_it_exits_every_region() -> None:
@@ -291,7 +291,7 @@ def test_an_entry_emit_key_comes_from_the_entry_counter_so_re_applying_emits_the
     yellow = run(light, ["light.next"]).snapshot
     first = light.apply(yellow, event("light.off"), ctx)
     again = light.apply(yellow, event("light.off"), ctx)
-    assert first.emits == again.emits and first.emits[0].idempotency_key == "statechart:light:k:entry:3"
+    assert first.emits == again.emits and first.emits[0].idempotency_key == "garrison/statechart:light:k:entry:3"
 
 
 def test_sending_an_event_the_chart_never_handles_is_refused_at_the_caller(offline: Garrison) -> None:

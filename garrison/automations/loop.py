@@ -13,7 +13,6 @@ same key, in order. ``None`` messages and commands are ignored. The snapshot is 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from garrison.core.contract import (
 )
 from garrison.core.ingest import IngestedEvent
 from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
+from garrison.core.namespace import Reserved, reserved
 from garrison.core.runtime import default_client
 from garrison.errors import DefinitionError
 
@@ -139,11 +139,9 @@ class UpdateLoop(Automation):
             START, key, {}, tenant=tenant, idempotency_key=self._start_key(key), target=self.name, system=True,
         )
 
-    def _start_key(self, key: str) -> str:
-        """``garrison/loop.start/<loop>/<key>``: one per entity and tenant (ingest dedupes per tenant); a
-        digest when the names are too long for the 255 characters of an idempotency key."""
-        text = f"{START}/{self.name}/{key}"
-        return text if len(text) <= 255 else f"{START}/{hashlib.sha256(text.encode()).hexdigest()}"
+    def _start_key(self, key: str) -> Reserved:
+        """The start's idempotency key, in garrison's own namespace (one per loop and key)."""
+        return reserved("loop.start", self.name, key)
 
     def view(self, model: JSON) -> Any:
         return model if self.view_fn is None else self.view_fn(clone_json(model))
@@ -195,7 +193,7 @@ class UpdateLoop(Automation):
             msg = item if isinstance(item, Msg) else Msg(item["name"], item.get("data"))
             events.append({
                 "name": msg.name, "key": ctx.key, "data": dict(msg.data or {}), "tenant": ctx.tenant,
-                "target": self.name, "idempotency_key": f"{ctx.idempotency_key}:msg:{i}",
+                "target": self.name, "idempotency_key": reserved("command", ctx.idempotency_key, "msg", i),
             })
         if events:
             ctx.client.ingest_many(events)

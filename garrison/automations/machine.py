@@ -29,6 +29,7 @@ from garrison.core.contract import (
 )
 from garrison.core.ingest import IngestedEvent
 from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
+from garrison.core.namespace import reserved
 from garrison.core.runtime import default_client
 from garrison.errors import DefinitionError, ValidationError
 from garrison.pulses.schedules import PulseSchedule
@@ -200,7 +201,7 @@ class Machine(Automation):
         """Ingest a message for ``reducer`` of this machine at ``key``. Fire-and-forget, like casern."""
         self.check_reducer(reducer)
         return (client or default_client()).ingest(
-            reducer, key, dict(data or {}), tenant=tenant, idempotency_key=idempotency_key, target=self.name
+            reducer, key, {} if data is None else data, tenant=tenant, idempotency_key=idempotency_key, target=self.name
         )
 
     def check_reducer(self, reducer: str) -> None:
@@ -260,7 +261,7 @@ class Machine(Automation):
                 key,
                 data,
                 tenant=ctx.tenant,
-                idempotency_key=f"{ctx.idempotency_key}:send:{next(counter)}",
+                idempotency_key=reserved("send", ctx.idempotency_key, next(counter)),
                 client=ctx.client,
             )
 

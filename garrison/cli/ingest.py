@@ -26,7 +26,8 @@ from garrison.errors import ValidationError
 @click.option("--tenant", help="Tenant (default: GARRISON_TENANT); with --file, of the lines that name none.")
 @click.option("--idempotency-key", help="The same key twice (per tenant) stores the event once.")
 @click.option("--target", metavar="AUTOMATION", help="Deliver to this automation only (a machine's reducer name).")
-@click.option("--file", "source", type=click.File("r", encoding="utf-8"), metavar="PATH",
+# Bytes that are not UTF-8 become lone surrogates, which validation refuses naming the line and field.
+@click.option("--file", "source", type=click.File("r", encoding="utf-8", errors="surrogateescape"), metavar="PATH",
               help="Store the events of a JSON-lines file (- for stdin) instead of NAME KEY JSON.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="With --file: events per transaction.")
@@ -71,6 +72,8 @@ def ingest(
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValidationError(f"data is not valid JSON: {exc}", field="data") from exc
+    except RecursionError as exc:
+        raise ValidationError("data is nested too deep to read", field="data") from exc
     client = obj.client
     if target is not None and client.settings.automations:
         _check_target(client, target, name)
@@ -93,7 +96,8 @@ def _ingest_file(
     """``ingest --file``: JSON lines in batches, each one ``ingest_many`` (one transaction)."""
 
     client = obj.client
-    label = "stdin" if source.name in ("-", "<stdin>") else source.name
+    name = getattr(source, "name", "-")  # a wrapped stdin may have none
+    label = "stdin" if name in ("-", "<stdin>") or not isinstance(name, str) else name
     size = _file_size(source)
     batch: list[tuple[int, dict[str, Any]]] = []
     counts = {"events": 0, "stored": 0, "duplicates": 0, "batches": 0}
@@ -119,7 +123,7 @@ def _ingest_file(
     try:
         with progress_bar(f"ingest {label}", size, show=progress) as bar:
             for number, line in enumerate(source, 1):
-                bar.update(len(line.encode()) if size is not None else 1)
+                bar.update(len(line.encode("utf-8", "surrogateescape")) if size is not None else 1)
                 if number < from_line or not line.strip():
                     continue
                 item = _parse_line(number, line, batch[0][0] if batch else number)
@@ -166,6 +170,8 @@ def _parse_line(number: int, line: str, resume: int) -> dict[str, Any]:
         item = json.loads(line)
     except json.JSONDecodeError as exc:
         raise _BadLine(number, f"not valid JSON: {exc.msg} (column {exc.colno})", resume) from exc
+    except RecursionError as exc:
+        raise _BadLine(number, "nested too deep to read (field: data)", resume) from exc
     if not isinstance(item, dict):
         raise _BadLine(number, 'must be a JSON object: {"name": ..., "key": ..., "data": {...}}', resume)
     return item

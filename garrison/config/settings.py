@@ -39,6 +39,9 @@ class Settings:
     # longer wait for it (`garrison automations retire NAME` retires one at once).
     automation_ttl: float = 86400.0
     max_payload_bytes: int = 256 * 1024
+    # How deep event data, states and effect payloads may nest (objects and arrays); deeper is refused
+    # at ingest, and a handler that returns it records a failure of that message.
+    max_nesting: int = 64
     # Keys per published ``process`` task, and events read per transaction by the engine.
     publish_batch: int = 100
     engine_batch: int = 5000
@@ -112,9 +115,13 @@ class Settings:
             raise ConfigurationError("GARRISON_TENANT must not be empty", field="tenant")
         for name in ("publish_batch", "engine_batch", "max_payload_bytes", "effect_max_retries", "pulse_chunk",
                      "http_max_body_bytes", "effect_heartbeat", "effect_stall_after", "automation_ttl",
-                     "retention_batch", "retention_versions_keep", "follow_poll"):
+                     "retention_batch", "retention_versions_keep", "follow_poll", "max_nesting"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be positive", field=name)
+        if self.max_nesting > 128:
+            raise ConfigurationError(
+                "max_nesting must be at most 128: workers copy states recursively", field="max_nesting"
+            )
         for name in [f.name for f in fields(self) if f.name.startswith("retention_") and f.name.endswith(
                 ("_days", "_interval"))]:
             if getattr(self, name) < 0:

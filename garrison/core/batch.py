@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from garrison.core import instrument
-from garrison.core.contract import ApplyContext, Automation, Message, Outcome, Route
+from garrison.core.contract import ApplyContext, Automation, Message, Outcome, Route, check_outcome
 from garrison.core.jsondata import JSON
 from garrison.core.registry import Registry
 from garrison.logs import log_context
@@ -119,6 +119,7 @@ class Batch:
         slots: dict[tuple[str, str], Slot],
         cursors: dict[str, int],
         context: Callable[[Message, int], ApplyContext],
+        max_nesting: int = 64,
     ) -> None:
         self.tenant = tenant
         self.now = now
@@ -128,6 +129,7 @@ class Batch:
         self.start = dict(cursors)  # each key's cursor before this batch
         self.cursors = dict(cursors)  # and after the units applied so far
         self.context = context
+        self.max_nesting = max_nesting
         self.out = Written()
         # Behind entities by key: those this process catches up, and the automations it lacks they wait for.
         self._behind: dict[str, list[tuple[str, Slot]]] = {}
@@ -193,6 +195,7 @@ class Batch:
                 with log_context(automation=automation.name, key=unit.key, event_id=message.event_id), \
                         instrument.current().applying(message, automation.name):
                     outcome = automation.apply(state, message, self.context(message, version))
+                    check_outcome(outcome, self.max_nesting)  # what it returns must be storable, too
             except Exception as exc:  # noqa: BLE001 - a handler's error is data (guarantee 7)
                 self._failed(automation, slot, unit, message, exc)
                 return

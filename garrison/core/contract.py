@@ -9,15 +9,16 @@ Side effects run later in ``perform``, handed an :class:`EffectContext` with a s
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from garrison.core.ingest import IngestedEvent
-from garrison.core.jsondata import JSON
-from garrison.errors import DefinitionError
+from garrison.core.ingest import MAX_NAME, IngestedEvent
+from garrison.core.jsondata import DEFAULT_MAX_NESTING, JSON, JSONRefused, check_json, check_text
+from garrison.errors import DefinitionError, ValidationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,53 @@ class Outcome:
     runs: list[dict[str, Any]] = field(default_factory=list)
 
 
+def outcome_nesting(max_nesting: int) -> int:
+    """How deep what a handler returns may nest: twice what ingest accepts (a state holds the data of
+    the events it took), at most 256, well inside what a worker copies without running out of stack."""
+    return min(2 * max_nesting, 256)
+
+
+def check_outcome(outcome: Outcome, max_nesting: int = DEFAULT_MAX_NESTING) -> None:
+    """Refuse, with a :class:`ValidationError` naming the part, an outcome the engine could not store
+    or a worker could not apply again: a state, effect payload, timer, emitted event or run that is
+    not JSON as :func:`~garrison.core.jsondata.check_json` defines it, or text with a NUL. The engine
+    records the message as failed then, instead of failing the whole batch at commit. Values are
+    replaced by their plain JSON copies."""
+    limit = outcome_nesting(max_nesting)
+
+    def plain(value: Any, part: str) -> Any:
+        try:
+            return check_json(value, max_nesting=limit)
+        except JSONRefused as exc:
+            at = part + ("" if not exc.path else exc.path if exc.path.startswith("[") else "." + exc.path)
+            raise ValidationError(f"the handler returned {at} that {exc.reason}", field=part, path=at) from exc
+
+    def text(value: Any, part: str) -> None:
+        if not isinstance(value, str) or not value or len(value) > MAX_NAME or check_text(value):
+            raise ValidationError(f"the handler returned a {part} that cannot be stored: {value!r:.80}", field=part)
+
+    outcome.state = plain(outcome.state, "state")
+    outcome.effects = [EffectSpec(e.kind, plain(e.payload, f"effects[{i}].payload"))
+                       for i, e in enumerate(outcome.effects)]
+    for i, t in enumerate(outcome.timers):
+        text(t.name, f"timers[{i}].name")
+        plain(t.data, f"timers[{i}].data")
+    for i, e in enumerate(outcome.emits):
+        for name in ("name", "key", "idempotency_key"):
+            text(getattr(e, name), f"emits[{i}].{name}")
+        if e.target is not None:
+            text(e.target, f"emits[{i}].target")
+        plain(e.data, f"emits[{i}].data")
+    for i, run in enumerate(outcome.runs):
+        for column in _RUN_JSON:
+            if column in run:
+                run[column] = plain(run[column], f"runs[{i}].{column}")
+
+
+# The JSON columns of a journey run's row (the others are numbers, names and times).
+_RUN_JSON = ("waiting", "history", "log", "result", "error")
+
+
 # ``lookup(name, after_seq, before_seq)``: the key's events with after_seq < seq < before_seq, in order,
 # untargeted only; ``name`` an exact name, a glob, or None for every name. The log below a message is
 # immutable, so a handler that reads it stays deterministic.
@@ -113,6 +161,7 @@ class ApplyContext:
     lookup: Lookup | None = None
     max_payload_bytes: int = 256 * 1024
     read: Reader | None = None
+    max_nesting: int = DEFAULT_MAX_NESTING
 
 
 class EffectClient(Protocol):
@@ -207,6 +256,7 @@ class Automation(ABC):
         self.name = name
         self.on_failure = on_failure
         self.effects = effects
+        _DEFINED[name] = self
 
     @abstractmethod
     def accepts(self, message: Message) -> bool:
@@ -228,6 +278,16 @@ class Automation(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+# Every automation defined in this process (imported), registered or not: an event targeted at one of them
+# is not refused as unknown (a listener sends to a machine its worker imports without running it).
+_DEFINED: weakref.WeakValueDictionary[str, Automation] = weakref.WeakValueDictionary()
+
+
+def defined(name: str) -> Automation | None:
+    """The automation of that name defined in this process, if any (registered or not)."""
+    return _DEFINED.get(name)
 
 
 def preferences_for(

@@ -18,11 +18,13 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session
 
 from garrison.config import Settings
+from garrison.errors import DatabaseUnavailable
 from garrison.models import TENANTS, metadata
 
 UPSERT_CHUNK = 500
@@ -65,12 +67,21 @@ class Database:
         """A session in one transaction: committed when the block succeeds, rolled back otherwise.
 
         ``readonly=True`` is for reads only: on SQLite its transaction is deferred (no write lock, so it
-        never waits behind a writer, and a write in it fails); elsewhere it is an ordinary transaction."""
+        never waits behind a writer, and a write in it fails); elsewhere it is an ordinary transaction.
+        A database that cannot be reached, or that drops the connection (a restart), raises
+        :class:`~garrison.errors.DatabaseUnavailable` instead of the driver's error."""
         bind = self._reader if readonly else self.engine
-        with Session(bind, expire_on_commit=False) as session:
-            with session.begin():
-                yield session
-            self._tenants.update(session.info.get(_NEW_TENANTS, ()))
+        try:
+            with Session(bind, expire_on_commit=False) as session:
+                with session.begin():
+                    yield session
+                self._tenants.update(session.info.get(_NEW_TENANTS, ()))
+        except DBAPIError as exc:
+            if not unavailable(exc):
+                raise
+            shown = make_url(self.url).render_as_string(hide_password=True)
+            raise DatabaseUnavailable(f"the database is unavailable: {_first_line(exc.orig)}",
+                                      database=shown) from exc
 
     def ensure_tenant(self, session: Session, tenant: str, now: datetime) -> None:
         """Record ``tenant`` in ``garrison_tenants`` the first time this process writes for it: the relay,
@@ -160,6 +171,29 @@ def explain(exc: BaseException, url: str) -> str | None:
         first = next((line.strip() for line in text.splitlines() if line.strip()), text)
         return f"cannot reach the database at {where}: {first}"
     return None
+# SQLSTATE classes of a lost or refused connection: 08 (connection exception), 57P01-57P03 (the server is
+# shutting down, crashed, or not accepting connections yet).
+_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03")
+_SQLITE_CANTOPEN = 14
+
+
+def unavailable(exc: DBAPIError) -> bool:
+    """Whether a driver error means the database is out of reach (not that a statement was wrong)."""
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None)
+    if state:
+        return any(state.startswith(s) for s in _UNAVAILABLE_STATES)
+    if getattr(orig, "sqlite_errorcode", None) is not None:
+        return bool(orig.sqlite_errorcode == _SQLITE_CANTOPEN)  # type: ignore[union-attr]
+    # psycopg raises OperationalError with no SQLSTATE when it cannot connect at all.
+    return type(orig).__name__ == "OperationalError" and type(orig).__module__.startswith("psycopg")
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "").strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _create_engine(settings: Settings) -> Engine:

@@ -148,10 +148,10 @@ class Engine:
                 return ApplyContext(
                     tenant=tenant, key=message.key, now=message.created_at, version=version,
                     lookup=lookup_in(s, tenant, message.key), max_payload_bytes=self.settings.max_payload_bytes,
-                    read=reader,
+                    max_nesting=self.settings.max_nesting, read=reader,
                 )
 
-            batch = Batch(tenant, now, self.registry, remote, slots, cursors, context)
+            batch = Batch(tenant, now, self.registry, remote, slots, cursors, context, self.settings.max_nesting)
             units, cut = units_of([*catch_up, *[(to_message(tenant, r), r.data, r.batch_id, r.batch_size)
                                                 for r in rows]])
             for unit in units:

@@ -24,6 +24,7 @@ from garrison.core import fleet
 from garrison.core.db import Database
 from garrison.core.engine import EVENT_COLUMNS
 from garrison.core.ingest import EventIn, IngestedEvent, write_events
+from garrison.core.namespace import reserved
 from garrison.errors import GarrisonError, NotFound
 from garrison.models import CURSORS, ENTITIES, EVENTS, FAILURES
 
@@ -133,9 +134,9 @@ def _ingest_again(s: Any, db: Database, tenant: str, failure: Any, now: datetime
     if len(rows) <= 1:
         data = rows[0].data if rows else {}
         events = [EventIn(tenant=tenant, name=failure["message"], key=failure["key"], data=data,
-                          idempotency_key=f"retry:{failure_id}", target=failure["automation"])]
+                          idempotency_key=reserved("retry", failure_id), target=failure["automation"])]
     else:
         events = [EventIn(tenant=tenant, name=r.name, key=r.key, data=r.data,
-                          idempotency_key=f"retry:{failure_id}:{i}", target=failure["automation"])
+                          idempotency_key=reserved("retry", failure_id, i), target=failure["automation"])
                   for i, r in enumerate(rows)]
     return write_events(s, db, events, now, atomic=len(events) > 1)[0]

@@ -21,6 +21,8 @@ from sqlmodel import Session
 from garrison.clock import as_utc
 from garrison.core import pgbulk
 from garrison.core.db import Database
+from garrison.core.jsondata import DEFAULT_MAX_NESTING, JSONRefused, check_json, check_text
+from garrison.core.namespace import PREFIX, Reserved, is_reserved, legacy_key
 from garrison.errors import PayloadTooLarge, ValidationError
 from garrison.models import EVENTS, PENDING, STREAMS
 
@@ -70,14 +72,20 @@ def validate(
     target: Any = None,
     system: bool = False,
     max_payload_bytes: int,
+    max_nesting: int = DEFAULT_MAX_NESTING,
     where: str = "",
 ) -> EventIn:
-    """Check one event's arguments; a :class:`ValidationError` names the field (``events[3].key``)."""
+    """Check one event's arguments; a :class:`ValidationError` names the field (``events[3].key``).
+
+    Text must be storable (no NUL, no lone surrogate), data must be JSON as :func:`check_json` defines it
+    (nesting, NaN, integers JSON peers read), and a user's idempotency key must stay out of garrison's
+    namespace (:mod:`garrison.core.namespace`): a key garrison made itself is a :class:`Reserved` string.
+    """
     _text(name, where + "name", MAX_NAME)
     _text(key, where + "key", MAX_NAME)
     _text(tenant, where + "tenant", MAX_TENANT)
     if idempotency_key is not None:
-        _text(idempotency_key, where + "idempotency_key", MAX_NAME)
+        check_idempotency_key(idempotency_key, where + "idempotency_key")
     if target is not None:
         _text(target, where + "target", MAX_NAME)
     if data is None:
@@ -87,9 +95,11 @@ def validate(
             f"{where}data must be a JSON object (a dict), not {type(data).__name__}", field=where + "data"
         )
     try:
-        encoded = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{where}data is not JSON: {exc}", field=where + "data") from exc
+        plain = check_json(data if isinstance(data, dict) else dict(data), max_nesting=max_nesting)
+    except JSONRefused as exc:
+        at = where + "data" + ("" if not exc.path else exc.path if exc.path.startswith("[") else "." + exc.path)
+        raise ValidationError(f"{at} {exc.reason}", field=where + "data", path=at) from exc
+    encoded = json.dumps(plain, separators=(",", ":"))
     size = len(encoded.encode())
     if size > max_payload_bytes:
         raise PayloadTooLarge(
@@ -99,14 +109,24 @@ def validate(
             limit=max_payload_bytes,
         )
     return EventIn(
-        tenant=tenant,
-        name=name,
-        key=key,
-        data=json.loads(encoded),
-        idempotency_key=idempotency_key,
-        target=target,
+        tenant=str(tenant),
+        name=str(name),
+        key=str(key),
+        data=json.loads(encoded),  # a copy: the caller's dict may change after ingest
+        idempotency_key=None if idempotency_key is None else str(idempotency_key),
+        target=None if target is None else str(target),
         system=bool(system),
     )
+
+
+def check_idempotency_key(value: Any, field: str = "idempotency_key") -> str:
+    """A user's idempotency key: storable text, outside garrison's namespace (a key garrison made itself
+    is a :class:`Reserved` string)."""
+    _text(value, field, MAX_NAME)
+    if is_reserved(value) and not isinstance(value, Reserved):
+        raise ValidationError(f"{field} must not start with {PREFIX!r}: that namespace is garrison's own",
+                              field=field)
+    return str(value)
 
 
 def _text(value: Any, field: str, limit: int) -> None:
@@ -116,6 +136,9 @@ def _text(value: Any, field: str, limit: int) -> None:
         raise ValidationError(f"{field} must not be empty", field=field)
     if len(value) > limit:
         raise ValidationError(f"{field} is longer than {limit} characters", field=field)
+    bad = check_text(value)
+    if bad:
+        raise ValidationError(f"{field} {bad}", field=field)
 
 
 def write_events(
@@ -162,14 +185,17 @@ def _write_tenant(
     now: datetime,
     atomic: bool = False,
 ) -> None:
-    idem_keys = {events[i].idempotency_key for i in indexes if events[i].idempotency_key}
+    idem_keys: set[str] = {ik for i in indexes if (ik := events[i].idempotency_key)}
     seen: dict[str, IngestedEvent] = {}
     if idem_keys:
+        # A key garrison made may have been stored under its spelling from before the namespace.
+        legacy = {old: new for new in idem_keys if is_reserved(new) and (old := legacy_key(new))}
         found = session.execute(
-            select(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.in_(idem_keys))
+            select(EVENTS).where(EVENTS.c.tenant == tenant, EVENTS.c.idempotency_key.in_(idem_keys | set(legacy)))
         ).mappings()
         for row in found:
-            seen[row["idempotency_key"]] = _from_row(row, duplicate=True)
+            stored: str = row["idempotency_key"]
+            seen[stored if stored in idem_keys else legacy.get(stored, stored)] = _from_row(row, duplicate=True)
 
     fresh: list[int] = []
     first_in_batch: dict[str, int] = {}

@@ -100,6 +100,15 @@ def renew(
 ) -> LeaseState | None:
     """Extend our lease to ``now + ttl``, only while it is still ours and not expired (and, given
     ``epoch``, still the same tenure); None when it was lost: stop acting on it."""
+    with db.session() as s:
+        return renew_in(s, tenant, name, owner, ttl, now, epoch=epoch)
+
+
+def renew_in(
+    session: Any, tenant: str, name: str, owner: str, ttl: float, now: datetime, epoch: int | None = None,
+) -> LeaseState | None:
+    """:func:`renew` in the caller's transaction: the lease row stays locked until it ends, so no other
+    owner can take the lease before what the transaction writes is committed (a fence)."""
     _check(owner, ttl)
     now = as_utc(now)
     conditions = [LEASES.c.tenant == tenant, LEASES.c.name == name, LEASES.c.owner == owner,
@@ -108,8 +117,7 @@ def renew(
         conditions.append(LEASES.c.epoch == epoch)
     stmt = (update(LEASES).where(*conditions)
             .values(expires_at=now + timedelta(seconds=ttl), renewed_at=now).returning(*_COLUMNS))
-    with db.session() as s:
-        row = s.execute(stmt).first()
+    row = session.execute(stmt).first()
     return None if row is None else _state(tenant, name, row)
 
 

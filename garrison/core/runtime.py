@@ -22,11 +22,12 @@ from garrison.clock import Clock, SystemClock
 from garrison.config import Settings
 from garrison.core import failures as failed
 from garrison.core import instrument
-from garrison.core.contract import Automation
+from garrison.core.contract import Automation, defined
 from garrison.core.db import Database
 from garrison.core.engine import Engine
 from garrison.core.history import past_state
-from garrison.core.ingest import EventIn, IngestedEvent, check_atomic, validate, write_events
+from garrison.core.ingest import MAX_TENANT, EventIn, IngestedEvent, check_atomic, validate, write_events
+from garrison.core.jsondata import check_text
 from garrison.core.publisher import Publisher
 from garrison.core.registry import Registry
 from garrison.core.replay import Mismatch, ReplayReport, check, replay
@@ -110,8 +111,11 @@ class Runtime:
         """The tenant a call acts for: the one given, else the default. An empty one is refused."""
         if tenant is None:
             return self.settings.tenant
-        if not isinstance(tenant, str) or not tenant.strip():
-            raise ValidationError("tenant must be a non-empty string", field="tenant")
+        if not isinstance(tenant, str) or not tenant.strip() or len(tenant) > MAX_TENANT or check_text(tenant):
+            raise ValidationError(
+                f"tenant must be a non-empty string of at most {MAX_TENANT} characters, with no NUL or lone "
+                "surrogate", field="tenant",
+            )
         return tenant
 
     def init_db(self) -> None:
@@ -138,9 +142,8 @@ class Runtime:
         again. ``system=True`` marks an event as bookkeeping (the events seed's flag): it is kept in the log
         and seen by waits, but it starts no journey run.
         """
-        event = validate(
-            name, key, data, tenant=self.tenant_of(tenant), idempotency_key=idempotency_key,
-            target=target, system=system, max_payload_bytes=self.settings.max_payload_bytes,
+        event = self.check_event(
+            name, key, data, tenant=tenant, idempotency_key=idempotency_key, target=target, system=system
         )
         return self._write([event])[0]
 
@@ -156,6 +159,54 @@ class Runtime:
             check_atomic(checked)
         return self._write(checked, atomic=atomic) if checked else []
 
+    def check_event(
+        self,
+        name: Any,
+        key: Any,
+        data: Any = None,
+        *,
+        tenant: Any = None,
+        idempotency_key: Any = None,
+        target: Any = None,
+        system: Any = False,
+        where: str = "",
+    ) -> EventIn:
+        """Validate one event as :meth:`ingest` does, writing nothing (a :class:`ValidationError` names
+        the field). With automations registered, a ``target`` must be one of them, and a machine's
+        reducer must exist; a process with none registered (a web process that only ingests) cannot
+        know, and stores the event as sent."""
+        if tenant is None:
+            tenant = self.settings.tenant
+        event = validate(
+            name, key, data, tenant=tenant, idempotency_key=idempotency_key, target=target,
+            system=bool(system), max_payload_bytes=self.settings.max_payload_bytes,
+            max_nesting=self.settings.max_nesting, where=where,
+        )
+        if event.target is not None:
+            self.check_target(event.target, event.name, where=where)
+        return event
+
+    def check_target(self, target: str, name: str, *, where: str = "") -> None:
+        """Refuse a target that no automation of this process has (registered, or defined in a module it
+        imported: a listener may send to a machine its worker does not run), or a reducer its machine
+        lacks, when this process knows its automations (none registered: nothing to check against)."""
+        registry = self.registry
+        if not len(registry):
+            return
+        automation = registry.get(target) if target in registry else defined(target)
+        if automation is None:
+            raise ValidationError(
+                f"{where}target: no automation named {target!r} is registered "
+                f"(known: {sorted(a.name for a in registry)})",
+                field=where + "target",
+            )
+        check = getattr(automation, "check_reducer", None)
+        if callable(check):
+            try:
+                check(name)
+            except ValidationError as exc:
+                raise ValidationError(f"{where}name: {exc.message}", field=where + "name") from exc
+
     def check_many(self, events: Iterable[Mapping[str, Any]]) -> list[EventIn]:
         """Validate a batch as :meth:`ingest_many` does, writing nothing: the first bad item raises
         :class:`ValidationError` naming ``events[i].field``. For callers that write later (after a
@@ -166,18 +217,16 @@ class Runtime:
                 raise ValidationError(f"events[{i}] must be a mapping", field=f"events[{i}]")
             unknown = set(item) - _EVENT_FIELDS
             if unknown:
-                raise ValidationError(
-                    f"events[{i}] has unknown fields {sorted(unknown)}", field=f"events[{i}].{sorted(unknown)[0]}"
-                )
-            checked.append(
-                validate(
-                    item.get("name"), item.get("key"), item.get("data"),
-                    tenant=self.settings.tenant if item.get("tenant") is None else item["tenant"],
-                    idempotency_key=item.get("idempotency_key"), target=item.get("target"),
-                    system=bool(item.get("system", False)),
-                    max_payload_bytes=self.settings.max_payload_bytes, where=f"events[{i}].",
-                )
-            )
+                names = sorted(u for u in unknown if isinstance(u, str) and u.isprintable())
+                if len(names) == len(unknown):
+                    raise ValidationError(f"events[{i}] has unknown fields {names}", field=f"events[{i}].{names[0]}")
+                shown = sorted(repr(u) for u in unknown)
+                raise ValidationError(f"events[{i}] has unknown fields {', '.join(shown)}", field=f"events[{i}]")
+            checked.append(self.check_event(
+                item.get("name"), item.get("key"), item.get("data"), tenant=item.get("tenant"),
+                idempotency_key=item.get("idempotency_key"), target=item.get("target"),
+                system=item.get("system", False), where=f"events[{i}].",
+            ))
         return checked
 
     def _write(self, events: Sequence[EventIn], *, atomic: bool = False) -> list[IngestedEvent]:

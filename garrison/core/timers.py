@@ -18,11 +18,13 @@ import math
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 
 from garrison.core.db import Database
 from garrison.core.ingest import EventIn, IngestedEvent, write_events
+from garrison.core.namespace import reserved
 from garrison.models import TIMERS
 
 TIMER_EVENT = "garrison/timer"
@@ -79,28 +81,29 @@ class TimerBuckets:
 
 def fire_due(db: Database, tenant: str, now: datetime, limit: int) -> list[IngestedEvent]:
     """Claim up to ``limit`` timers of ``tenant`` due at ``now`` and ingest their events, in one
-    transaction. Returns the events written (one per timer claimed)."""
+    transaction. Returns the events written (one per timer claimed).
+
+    Two statements: the ids are claimed first (``FOR UPDATE SKIP LOCKED``, so concurrent claims split the
+    due timers), then updated by id. One ``UPDATE ... WHERE id IN (SELECT ... LIMIT ... FOR UPDATE SKIP
+    LOCKED)`` lets the planner run the locking sub-select once per row on tables it has no statistics for
+    (a fresh install, a bulk import): 2,000 timers took 20 s instead of 0.5 s."""
     with db.session() as s:
-        due = (
-            select(TIMERS.c.id)
-            .where(TIMERS.c.tenant == tenant, TIMERS.c.status == "pending", TIMERS.c.due_at <= now)
-            .order_by(TIMERS.c.due_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+        ids = _claim(s, select(TIMERS.c.id).where(
+            TIMERS.c.tenant == tenant, TIMERS.c.status == "pending", TIMERS.c.due_at <= now,
+        ), limit)
+        if not ids:
+            return []
         claimed = s.execute(
             update(TIMERS)
-            .where(TIMERS.c.tenant == tenant, TIMERS.c.status == "pending", TIMERS.c.id.in_(due.scalar_subquery()))
+            .where(TIMERS.c.tenant == tenant, TIMERS.c.id.in_(ids))
             .values(status="fired", fired_at=now)
             .returning(TIMERS.c.id, TIMERS.c.automation, TIMERS.c.key, TIMERS.c.name, TIMERS.c.data, TIMERS.c.due_at)
         ).all()
-        if not claimed:
-            return []
         events = [
             EventIn(
                 tenant=tenant, name=TIMER_EVENT, key=row.key,
                 data={**(row.data or {}), "timer": row.name},
-                idempotency_key=f"timer:{row.id}", target=row.automation, system=True,
+                idempotency_key=reserved("timer", row.id), target=row.automation, system=True,
             )
             for row in sorted(claimed, key=lambda r: r.id)
         ]
@@ -108,19 +111,28 @@ def fire_due(db: Database, tenant: str, now: datetime, limit: int) -> list[Inges
 
 
 def promote(db: Database, tenant: str, now: datetime, horizon: float, limit: int) -> list[datetime]:
-    """Mark timers that came within the horizon as published; returns their due times (for ETA tasks)."""
+    """Mark timers that came within the horizon as published; returns their due times (for ETA tasks).
+    Claims ids first, then updates by id, as :func:`fire_due` does."""
     with db.session() as s:
-        ids = select(TIMERS.c.id).where(
+        ids = _claim(s, select(TIMERS.c.id).where(
             TIMERS.c.tenant == tenant, TIMERS.c.status == "pending", TIMERS.c.published_at.is_(None),
             TIMERS.c.due_at <= now + timedelta(seconds=horizon),
-        ).order_by(TIMERS.c.due_at).limit(limit).with_for_update(skip_locked=True)
+        ), limit)
+        if not ids:
+            return []
         rows = s.execute(
             update(TIMERS)
-            .where(TIMERS.c.tenant == tenant, TIMERS.c.id.in_(ids.scalar_subquery()))
+            .where(TIMERS.c.tenant == tenant, TIMERS.c.id.in_(ids))
             .values(published_at=now)
             .returning(TIMERS.c.due_at)
         ).scalars()
         return [_aware(d) for d in rows]
+
+
+def _claim(s: Any, query: Select[tuple[int]], limit: int) -> list[int]:
+    """The ids of up to ``limit`` rows of ``query`` (earliest due first), locked for this transaction;
+    rows another transaction holds are skipped (on SQLite the transaction already holds the database)."""
+    return list(s.execute(query.order_by(TIMERS.c.due_at).limit(limit).with_for_update(skip_locked=True)).scalars())
 
 
 def overdue(db: Database, tenant: str, before: datetime) -> bool:

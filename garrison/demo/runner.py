@@ -54,7 +54,7 @@ PULSES_AFTER_EMAIL = 2
 # onboarding
 USER = "user1"
 SYSTEM_PREFIX = "garrison/"
-JOURNEY_EMIT = "journey:"  # the idempotency keys of the events journeys ingest (``ctx.ingest``)
+JOURNEY_EMIT = "garrison/journey:"  # the idempotency keys of the events journeys ingest (``ctx.ingest``)
 ONBOARDING_GRACE = 15.0  # seconds after the timeline's last event before the demo gives up
 HOLD_BACK = 0.3  # print a line once this old, so a line committed a moment late still comes in time order
 ENDED = ("completed", "failed", "cancelled")

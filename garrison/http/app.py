@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from garrison import __version__
 from garrison.client import Garrison
@@ -111,6 +112,28 @@ def build_app(client: Garrison, *, own_client: bool = False) -> FastAPI:
         errors = [FieldError(field=(f := _field(e)), message=_message(e, f)) for e in exc.errors()]
         first = errors[0] if errors else FieldError(field="body", message="invalid request")
         return _error(422, "invalid", f"{first.field}: {first.message}", first.field, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """FastAPI's own answers (an unknown path, a wrong method, a body it could not parse) in
+        garrison's error shape instead of ``{"detail": ...}``."""
+        headers = dict(exc.headers) if exc.headers else None
+        route = request.scope.get("route")
+        if (exc.status_code == 400 and getattr(route, "path", None) == "/events"
+                and keys.tenant_for(presented_key(request)) is None):
+            refused = _unauthorized()
+            return _error(refused.status, refused.error, refused.message, headers=refused.headers)
+        if exc.status_code == 404:
+            return _error(404, "not_found", f"no such endpoint: {request.method} {request.url.path} "
+                          "(the API has POST /events and GET /healthz)", headers=headers)
+        if exc.status_code == 405:
+            return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}",
+                          headers=headers)
+        if exc.status_code == 400:  # answered as a body that does not parse (422), whatever the reason
+            return _error(422, "invalid", "the body could not be read: send UTF-8 JSON, nested at most "
+                          f"{client.settings.max_nesting} deep, with numbers JSON peers can read", "body",
+                          [FieldError(field="body", message="could not be read")], headers=headers)
+        return _error(exc.status_code, "invalid", str(exc.detail), headers=headers)
 
     @app.exception_handler(ValidationError)
     async def on_refused_by_garrison(_: Request, exc: ValidationError) -> JSONResponse:

@@ -86,7 +86,10 @@ class FieldError(BaseModel):
     message: str
 
 
-ErrorCode = Literal["unauthorized", "forbidden", "body_too_large", "invalid", "payload_too_large", "expired"]
+ErrorCode = Literal[
+    "unauthorized", "forbidden", "body_too_large", "invalid", "payload_too_large", "not_found", "method_not_allowed",
+    "expired",
+]
 
 
 class ErrorOut(BaseModel):

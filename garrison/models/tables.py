@@ -105,6 +105,8 @@ class Entity(SQLModel, table=True):
         # The few entities that wait (behind or halted), for retention, stats and inspect.
         Index("ix_garrison_entities_waiting", "tenant", "key", "automation",
               postgresql_where=text("status <> 'active'"), sqlite_where=text("status <> 'active'")),
+        # A pulse's last pass: the entities created just before its slot (garrison.pulses.fanout).
+        Index("ix_garrison_entities_created", "tenant", "automation", "created_at"),
     )
 
     tenant: str = _tenant()

@@ -198,8 +198,9 @@ def revision(
                 "first, so that the new migration holds only the models' changes",
                 revision=at, head=latest,
             )
-        # The number after the highest one (revisions merged from branches may skip numbers).
-        rev_id = f"{max((int(r.revision) for r in script.walk_revisions() if r.revision.isdigit()), default=0) + 1:04d}"
+        # The next number after the highest (revisions merged from branches need not be contiguous).
+        numbers = [int(r.revision) for r in script.walk_revisions() if r.revision.isdigit()]
+        rev_id = f"{max(numbers, default=0) + 1:04d}"
         cfg = _config(conn, directory)
         ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
         if ruff:  # drop the template's unused imports, sort the rest

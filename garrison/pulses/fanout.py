@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,12 +25,17 @@ from garrison.core import pgbulk
 from garrison.core.db import Database
 from garrison.core.heartbeat import beating
 from garrison.core.ingest import EventIn, IngestedEvent, write_events
+from garrison.core.namespace import PREFIX, Reserved
 from garrison.core.runtime import Runtime
 from garrison.errors import NotFound
 from garrison.logs import log_context
 from garrison.models import ENTITIES
 from garrison.models.pulses import PULSE_SLOTS, SCHEDULES
 from garrison.pulses.schedules import PulseSchedule, state_matches
+
+# How far before its slot the last pass of a pulse looks for entities created by a batch that committed
+# while the pages ran (an engine batch lasts seconds; a longer one is reached by the next slot).
+LATE_WINDOW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +139,7 @@ def fan_out_chunk(
         at = as_utc(slot.slot)
         data = {**(schedule.data or {}), "now": at.timestamp(), "slot": at.isoformat()}
         if db.dialect == "postgresql" and (not schedule.where or sql_filter(schedule.where) is not None):
-            return _page_pg(s, tenant, slot, schedule, at, data, now, chunk)
+            return _page_pg(s, db, tenant, slot, schedule, at, data, now, chunk)
         # The state is read only when a filter needs it.
         columns = [ENTITIES.c.key, ENTITIES.c.state] if schedule.where else [ENTITIES.c.key]
         query = select(*columns).where(
@@ -143,17 +148,46 @@ def fan_out_chunk(
         if slot.cursor is not None:
             query = query.where(ENTITIES.c.key > slot.cursor)
         page = s.execute(query.order_by(ENTITIES.c.key).limit(chunk)).all()
-        events = [
-            EventIn(
-                tenant=tenant, name=schedule.message, key=row.key, data=data, target=schedule.automation,
-                idempotency_key=pulse_key(slot.schedule_id, at, row.key),
-            )
-            for row in page
-            if not schedule.where or state_matches(row.state, schedule.where)
-        ]
-        written = write_events(s, db, events, now) if events else []
+        written = _send(s, db, tenant, slot, schedule, at, data, page, now)
+        if len(page) < chunk:
+            written += _last_pass(s, db, tenant, slot, schedule, at, data, now)
         _advance(s, tenant, slot_id, page[-1].key if page else slot.cursor, len(page), chunk, now)
         return written
+
+
+def _send(
+    s: Any, db: Database, tenant: str, slot: Any, schedule: Any, at: datetime, data: dict[str, Any],
+    rows: Sequence[Any], now: datetime,
+) -> list[IngestedEvent]:
+    """The pulse's event for each entity of ``rows`` (``key``, and ``state`` when the schedule filters)
+    that matches the filter; an entity already sent this slot is found by its idempotency key."""
+    events = [
+        EventIn(
+            tenant=tenant, name=schedule.message, key=row.key, data=data, target=schedule.automation,
+            idempotency_key=pulse_key(slot.schedule_id, at, row.key),
+        )
+        for row in rows
+        if not schedule.where or state_matches(row.state, schedule.where)
+    ]
+    return write_events(s, db, events, now) if events else []
+
+
+def _last_pass(
+    s: Any, db: Database, tenant: str, slot: Any, schedule: Any, at: datetime, data: dict[str, Any], now: datetime,
+) -> list[IngestedEvent]:
+    """After the last page: the entities created within :data:`LATE_WINDOW` before the slot, again.
+
+    An entity's ``created_at`` is its engine batch's start, not its commit: a batch that started before
+    the slot and committed after a page passed its key was missed by the pages (guarantee 6 says every
+    entity that existed at the slot is reached). The pass reads them through an index on
+    ``(tenant, automation, created_at)``; those already sent are found by their idempotency key and not
+    sent twice."""
+    columns = [ENTITIES.c.key, ENTITIES.c.state] if schedule.where else [ENTITIES.c.key]
+    late = s.execute(select(*columns).where(
+        ENTITIES.c.tenant == tenant, ENTITIES.c.automation == schedule.automation,
+        ENTITIES.c.created_at <= at, ENTITIES.c.created_at > at - LATE_WINDOW,
+    ).order_by(ENTITIES.c.key)).all()
+    return [e for e in _send(s, db, tenant, slot, schedule, at, data, late, now) if not e.duplicate]
 
 
 def _advance(s: Any, tenant: str, slot_id: int, cursor: str | None, count: int, chunk: int, now: datetime) -> None:
@@ -169,39 +203,33 @@ def _advance(s: Any, tenant: str, slot_id: int, cursor: str | None, count: int, 
 
 
 # One page of a pulse, on PostgreSQL, in ONE statement (its filter too, when SQL can say it exactly):
-# no entity key crosses the wire or is compiled into a statement. The same steps as write_events: skip
-# keys whose idempotency key is stored, bump each stream (in key order, as ingest does, so the two cannot
-# deadlock), insert the events.
-# The idempotency key is pulse_key() computed in SQL (sha256 of the key when the text would pass 255).
+# no entity key crosses the wire or is compiled into a statement. The same steps as write_events, less the
+# lookup of stored idempotency keys: a page runs with its slot row locked and resumes from the slot's
+# committed cursor, so it never repeats a key of its slot (the last pass, which may, goes through
+# write_events). That lookup is also what made the plan depend on statistics: on tables never analysed,
+# PostgreSQL probed it through the (tenant, name) index, scanning every event of the tenant per key.
+# Bump each stream (in key order, as ingest does, so the two cannot deadlock), insert the events. The
+# idempotency key is pulse_key() computed in SQL (sha256 of the key when the text would pass 255).
 _PAGE_PG = """
     WITH page AS (
         SELECT e.key, {hit} AS hit FROM garrison_entities AS e
         WHERE e.tenant = :tenant AND e.automation = :automation AND e.created_at <= :at AND e.key > :after
         ORDER BY e.key LIMIT :chunk
     ),
-    keyed AS (
-        SELECT p.key,
-               CASE WHEN length(:prefix || p.key) <= 255 THEN :prefix || p.key
-                    ELSE :prefix || 'sha256:' || encode(sha256(convert_to(p.key, 'UTF8')), 'hex') END AS ikey
-        FROM page AS p WHERE p.hit
-    ),
-    fresh AS (
-        SELECT k.key, k.ikey FROM keyed AS k
-        WHERE NOT EXISTS (
-            SELECT 1 FROM garrison_events AS ev WHERE ev.tenant = :tenant AND ev.idempotency_key = k.ikey
-        )
-    ),
     bumped AS (
         INSERT INTO garrison_streams (tenant, key, last_seq, updated_at)
-        SELECT :tenant, f.key, 1, :now FROM fresh AS f ORDER BY f.key
+        SELECT :tenant, p.key, 1, :now FROM page AS p WHERE p.hit ORDER BY p.key
         ON CONFLICT (tenant, key) DO UPDATE
         SET last_seq = garrison_streams.last_seq + 1, updated_at = excluded.updated_at
         RETURNING key, last_seq
     ),
     written AS (
         INSERT INTO garrison_events (tenant, key, seq, name, data, target, idempotency_key, system, created_at)
-        SELECT :tenant, b.key, b.last_seq, :message, CAST(:data AS jsonb), :automation, f.ikey, false, :now
-        FROM bumped AS b JOIN fresh AS f ON f.key = b.key
+        SELECT :tenant, b.key, b.last_seq, :message, CAST(:data AS jsonb), :automation,
+               CASE WHEN length(:prefix || b.key) <= 255 THEN :prefix || b.key
+                    ELSE :prefix || 'sha256:' || encode(sha256(convert_to(b.key, 'UTF8')), 'hex') END,
+               false, :now
+        FROM bumped AS b
         RETURNING id, key, seq
     ),
     pended AS ({pending})
@@ -236,9 +264,10 @@ def sql_filter(where: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
 
 
 def _page_pg(
-    s: Any, tenant: str, slot: Any, schedule: Any, at: datetime, data: dict[str, Any], now: datetime, chunk: int
+    s: Any, db: Database, tenant: str, slot: Any, schedule: Any, at: datetime, data: dict[str, Any], now: datetime,
+    chunk: int,
 ) -> list[IngestedEvent]:
-    prefix = f"pulse:{slot.schedule_id}:{at.isoformat()}:"
+    prefix = f"{PREFIX}pulse:{slot.schedule_id}:{at.isoformat()}:"
     statement = _PAGE_PG_ALL
     where_params: dict[str, Any] = {}
     if schedule.where:
@@ -257,6 +286,8 @@ def _page_pg(
                       wake=bool(ours))
         for i, k, q, ours in (row.rows or [])
     ]
+    if int(row.n) < chunk:
+        written += _last_pass(s, db, tenant, slot, schedule, at, data, now)
     _advance(s, tenant, slot.id, row.last if row.n else slot.cursor, int(row.n), chunk, now)
     return written
 
@@ -271,13 +302,14 @@ def slot_progress(db: Database, tenant: str, slot_id: int) -> tuple[int, int | N
     return int(row.done), row.total
 
 
-def pulse_key(schedule_id: int, slot: datetime, key: str) -> str:
-    """The idempotency key of one pulse event: one per (schedule, slot, entity)."""
-    text = f"pulse:{schedule_id}:{slot.isoformat()}:{key}"
+def pulse_key(schedule_id: int, slot: datetime, key: str) -> Reserved:
+    """The idempotency key of one pulse event: one per (schedule, slot, entity), in garrison's namespace
+    (the page statement on PostgreSQL computes the same text in SQL)."""
+    text = f"{PREFIX}pulse:{schedule_id}:{slot.isoformat()}:{key}"
     if len(text) <= 255:
-        return text
+        return Reserved(text)
     digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"pulse:{schedule_id}:{slot.isoformat()}:sha256:{digest}"
+    return Reserved(f"{PREFIX}pulse:{schedule_id}:{slot.isoformat()}:sha256:{digest}")
 
 
 __all__ = [

@@ -21,7 +21,7 @@ from kombu.entity import Exchange, Queue
 
 from garrison import logs
 from garrison.config import Settings
-from garrison.tasks import fstransport
+from garrison.tasks import fstransport, redistransport
 
 
 def automation_queue(settings: Settings, automation: str) -> str:
@@ -58,6 +58,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "polling_interval": 0.1,
         }
     elif settings.broker_url.startswith(("redis://", "rediss://")):
+        redistransport.install()  # a worker survives Redis loss (see the module)
         broker_options = {"visibility_timeout": settings.broker_visibility_timeout}
     return {
         "broker_url": settings.broker_url,

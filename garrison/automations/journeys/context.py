@@ -29,6 +29,7 @@ from garrison.clock import as_utc
 from garrison.core.contract import ApplyContext, EffectSpec, EmitSpec, Message, TimerSpec
 from garrison.core.ingest import validate
 from garrison.core.jsondata import canonical, ensure_json, json_equal
+from garrison.core.namespace import reserved
 from garrison.durations import Duration, format_duration, parse_duration
 from garrison.errors import DeterminismError, GarrisonError, ValidationError
 
@@ -336,18 +337,18 @@ class JourneyContext:
         if op is not None:
             return
         assert self._actx is not None and self._out is not None
-        checked = validate(name, key if key is not None else self.key, dict(data or {}), tenant=self.tenant,
+        checked = validate(name, key if key is not None else self.key, {} if data is None else data, tenant=self.tenant,
                            idempotency_key=None, target=target, system=system,
-                           max_payload_bytes=self._actx.max_payload_bytes)
+                           max_payload_bytes=self._actx.max_payload_bytes, max_nesting=self._actx.max_nesting)
         digest = hashlib.sha1(
             canonical([self._journey_name, self.key, self.run, self._i]).encode(), usedforsecurity=False
         ).hexdigest()
         self._out.emits.append(EmitSpec(
-            name=checked.name, key=checked.key, data=checked.data, idempotency_key=f"journey:{digest}",
+            name=checked.name, key=checked.key, data=checked.data, idempotency_key=reserved("journey", digest),
             target=checked.target, system=checked.system,
         ))
         self._record({"kind": "emit", "name": name, "key": checked.key, "data": checked.data,
-                      "idempotency_key": f"journey:{digest}", "at": self._now_dt().isoformat()})
+                      "idempotency_key": reserved("journey", digest), "at": self._now_dt().isoformat()})
 
     def send(self, name: str, data: Mapping[str, Any] | None = None, *, key: str | None = None,
              target: str | None = None) -> None:

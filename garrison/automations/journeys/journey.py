@@ -59,6 +59,7 @@ from garrison.core.contract import (
     Route,
 )
 from garrison.core.jsondata import JSON, clone_json, ensure_json
+from garrison.core.namespace import reserved
 from garrison.core.timers import TIMER_EVENT
 from garrison.errors import DefinitionError, DeterminismError
 
@@ -344,7 +345,7 @@ class Journey(Automation):
 
 def _report(client: EffectClient, automation: str, ctx: EffectContext, name: str, data: dict[str, Any]) -> None:
     client.ingest(name, ctx.key, data, tenant=ctx.tenant, target=automation, system=True,
-                  idempotency_key=f"{ctx.idempotency_key}:{name.rsplit('.', 1)[-1]}")
+                  idempotency_key=reserved("step", ctx.idempotency_key, name.rsplit('.', 1)[-1]))
 
 
 def _accepts_keyword(fn: Callable[..., Any], name: str) -> bool:

@@ -36,7 +36,9 @@ from garrison.automations.nodes.events import (
 from garrison.automations.nodes.events import select as select_path
 from garrison.core import feed
 from garrison.core.db import Database
+from garrison.core.ingest import check_idempotency_key
 from garrison.core.jsondata import JSON, clone_json, json_equal
+from garrison.core.namespace import reserved
 from garrison.core.runtime import Runtime, default_client
 from garrison.models import CURSORS, ENTITIES, VERSIONS
 
@@ -174,6 +176,7 @@ def deliver(
     c = _client(client)
     t = c.tenant_of(tenant)
     if idempotency_key is not None:
+        check_idempotency_key(idempotency_key)
         event_id = str(uuid.uuid5(ID_NAMESPACE, f"{t}:{system.name}:given:{idempotency_key}"))
     else:
         event_id = str(uuid.uuid4())
@@ -189,7 +192,7 @@ def deliver(
     if nodes:
         c.ingest_many([
             {"name": event.type, "key": n, "data": event.to_data(), "tenant": t, "target": system.name,
-             "idempotency_key": f"node:{event.id}:{n}"}
+             "idempotency_key": reserved("node", event.id, n)}
             for n in nodes
         ])
     return Delivery(event, nodes)

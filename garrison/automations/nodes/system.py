@@ -42,6 +42,7 @@ from garrison.automations.nodes.state import NodeState, deliver, read_committed,
 from garrison.core.contract import ApplyContext, Automation, EmitSpec, Message, Outcome, Route
 from garrison.core.ingest import validate
 from garrison.core.jsondata import JSON, clone_json, ensure_json, json_equal
+from garrison.core.namespace import reserved
 from garrison.core.runtime import Runtime, default_client
 from garrison.errors import DefinitionError, UnknownNode, ValidationError
 
@@ -157,10 +158,11 @@ class NodeContext:
 
     def _emit(self, event: NodeEvent, nodes: Sequence[str]) -> None:
         for name in nodes:
-            once = f"node:{event.id}:{name}"  # one row per (event, node), whatever retries the caller makes
+            once = reserved("node", event.id, name)  # one row per (event, node), whatever retries the caller makes
             checked = validate(
                 event.type, name, event.to_data(), tenant=self.tenant, target=self.system.name,
                 idempotency_key=once, max_payload_bytes=self._actx.max_payload_bytes,
+                max_nesting=self._actx.max_nesting,
             )
             self.emits.append(EmitSpec(
                 name=checked.name, key=checked.key, data=checked.data, target=checked.target, idempotency_key=once,

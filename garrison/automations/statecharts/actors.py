@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -47,10 +46,12 @@ from sqlalchemy import select
 
 from garrison.automations.statecharts.chart import Statechart, Step
 from garrison.automations.statecharts.leases import ACQUIRE_TIMEOUT, LEASE_TTL, LOCK_MODES, ActorLease, LockMode
+from garrison.automations.statecharts.saves import SaveResult, SentEvent
 from garrison.core import leases
 from garrison.core.contract import Message
-from garrison.core.ingest import EventIn, IngestedEvent, validate, write_events
-from garrison.core.jsondata import clone_json
+from garrison.core.ingest import EventIn, IngestedEvent, validate
+from garrison.core.jsondata import check_text, clone_json
+from garrison.core.namespace import reserved
 from garrison.core.runner import Runner
 from garrison.core.runtime import Runtime
 from garrison.errors import ActorError, EventFailed, ValidationError
@@ -61,44 +62,6 @@ log = logging.getLogger("garrison.actors")
 __all__ = ["Actor", "LockMode", "SaveResult", "SentEvent", "hold_actor", "load_actor"]
 
 MAX_ROUNDS = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class SentEvent:
-    """One event an actor saved, and what applying it did: ``applied``, ``ignored`` or ``failed``.
-    ``duplicate``: its idempotency key was seen before, so this is the first event's outcome."""
-
-    name: str
-    data: dict[str, Any]
-    idempotency_key: str
-    event_id: int
-    status: str
-    duplicate: bool = False
-    error: str | None = None
-    failure_id: int | None = None
-
-
-@dataclass(slots=True)
-class SaveResult:
-    """What ``save`` did: the events it ingested, each with its outcome, and the committed snapshot."""
-
-    snapshot: dict[str, Any] | None
-    events: list[SentEvent] = field(default_factory=list)
-
-    def _with(self, status: str) -> list[SentEvent]:
-        return [e for e in self.events if e.status == status]
-
-    @property
-    def applied(self) -> list[SentEvent]:
-        return self._with("applied")
-
-    @property
-    def ignored(self) -> list[SentEvent]:
-        return self._with("ignored")
-
-    @property
-    def failed(self) -> list[SentEvent]:
-        return self._with("failed")
 
 
 class Actor:
@@ -189,10 +152,10 @@ class Actor:
         self._check_open()
         self.chart.check_event(event)
         self._sent += 1
-        ik = idempotency_key or f"actor:{self.owner}:{self._sent}"
+        ik = idempotency_key or reserved("actor", self.owner, self._sent)
         checked = validate(
             event, self.key, self.chart.stamp(data), tenant=self.tenant, idempotency_key=ik, target=self.chart.name,
-            max_payload_bytes=self.client.settings.max_payload_bytes,
+            max_payload_bytes=self.client.settings.max_payload_bytes, max_nesting=self.client.settings.max_nesting,
         )
         self._lease.keep()
         step = self._step(event, {k: v for k, v in checked.data.items() if k != "$machine"}, ik)
@@ -207,8 +170,7 @@ class Actor:
             return SaveResult(self.committed)
         self._lease.before_save()
         try:
-            with self.client.db.session() as s:
-                written = write_events(s, self.client.db, self._pending, self.client.clock.now())
+            written = self._lease.write(self._pending)
             sent, self._pending = self._pending, []
             self._apply(written)
             result = SaveResult(None, self._outcomes(sent, written))
@@ -292,14 +254,20 @@ class Actor:
         """Apply the key's messages up to our last event in this process, as a worker would."""
         runner = Runner(self.client)
         engine = self.client.engine
-        last = max(e.seq for e in written)
+        # A duplicate may be an event of another key (idempotency keys are per tenant): not ours to wait for.
+        mine = [e.seq for e in written if e.key == self.key]
+        if not mine:
+            return
+        last = max(mine)
         for _ in range(MAX_ROUNDS):
             if self._cursor() >= last:
                 return
             result = engine.process(self.tenant, [self.key])
             runner.dispatch_effects(self.tenant, result.effect_ids, result.effect_labels)
             runner.dispatch_timers(self.tenant, result.timer_dues)
-            woken = sorted(result.woken - {self.key})
+            # This key too: an event a state emitted on entry (for another automation of the key) comes
+            # after our last one, so this loop does not apply it; a worker must, now.
+            woken = sorted(result.woken)
             if woken:
                 try:
                     self.client.publisher.publish_keys(self.tenant, woken)
@@ -366,8 +334,9 @@ def load_actor(
             f"{automation!r} is a {chart.style}, not a statechart: only statecharts can be held as actors",
             field="automation", automation=automation,
         )
-    if not isinstance(key, str) or not key.strip() or len(key) > 255:
-        raise ValidationError("key must be a non-empty string of at most 255 characters", field="key")
+    if not isinstance(key, str) or not key.strip() or len(key) > 255 or check_text(key):
+        raise ValidationError("key must be a non-empty string of at most 255 characters, with no NUL or lone "
+                              "surrogate", field="key")
     if lock not in LOCK_MODES:
         raise ValidationError(f"lock must be one of {', '.join(LOCK_MODES)}, not {lock!r}", field="lock")
     for name, value in (("acquire_timeout", acquire_timeout), ("lease_ttl", lease_ttl)):

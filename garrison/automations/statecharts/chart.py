@@ -168,6 +168,8 @@ class Statechart(Automation):
 
     def stamp(self, data: Mapping[str, Any] | None) -> dict[str, Any]:
         """``data`` with this machine's name and version, so another version refuses it."""
+        if data is not None and not isinstance(data, Mapping):
+            raise ValidationError(f"data must be a JSON object (a dict), not {type(data).__name__}", field="data")
         return {**dict(data or {}), STAMP: {"name": self.name, "version": self.version}}
 
     def check_event(self, event: str) -> None:

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from sqlalchemy.exc import IntegrityError
 
 from garrison.automations.statecharts.chart import bounded
 from garrison.core import leases
+from garrison.core.ingest import EventIn, IngestedEvent, write_events
 from garrison.core.runtime import Runtime
 from garrison.errors import ActorLocked, LeaseLost
 
@@ -120,6 +124,40 @@ class ActorLease:
             raise LeaseLost(
                 f"the lease on actor {self.automation}/{self.key} expired or was taken (TTL {self.ttl}s); "
                 "nothing was saved", automation=self.automation, key=self.key, tenant=self.tenant,
+            )
+        self.state = renewed
+
+    def write(self, events: Sequence[EventIn]) -> list[IngestedEvent]:
+        """Write a save's events in ONE transaction that first checks, and renews, this holder's tenure
+        (the fence): a holder that stalled after :meth:`before_save` while another owner took the actor
+        writes nothing and gets :class:`LeaseLost`. Two copies of one request (the same idempotency key)
+        saved at once: the second finds the first's event and returns it as a duplicate."""
+        db = self.client.db
+        for attempt in range(3):
+            try:
+                with db.session() as s:
+                    if self.lock != "none":
+                        self.fence(s)
+                    return write_events(s, db, events, self.client.clock.now())
+            except IntegrityError:
+                # Another process stored one of the idempotency keys between our check and insert: run
+                # again and it is found as a duplicate.
+                if attempt == 2 or not any(e.idempotency_key for e in events):
+                    raise
+        raise AssertionError("unreachable")
+
+    def fence(self, session: Any) -> None:
+        """Renew the tenure held, in ``session``'s transaction (its row stays locked until commit), or
+        raise LeaseLost, which rolls that transaction back."""
+        lease = self.state
+        renewed = None if lease is None else leases.renew_in(
+            session, self.tenant, self.name, self.owner, self.ttl, self.client.clock.now(), epoch=lease.epoch,
+        )
+        if renewed is None:
+            self.state = None
+            raise LeaseLost(
+                f"the lease on actor {self.automation}/{self.key} was taken by another owner before the save "
+                "was written; nothing was saved", automation=self.automation, key=self.key, tenant=self.tenant,
             )
         self.state = renewed
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from garrison.automations.statecharts.definition import Action, StateNode, Transition
 from garrison.core.contract import EmitSpec, Message, TimerSpec
 from garrison.core.jsondata import JSON, clone_json, ensure_json
+from garrison.core.namespace import reserved
 from garrison.core.timers import TIMER_EVENT
 from garrison.errors import GarrisonError, ValidationError, VersionMismatch
 
@@ -278,7 +279,7 @@ class Macrostep:
         source = {"machine": chart.name, "version": chart.version, "state": node.path, "entry": number}
         return EmitSpec(
             name=emit.name, key=key, data=ensure_json({**dict(data), SOURCE: source}, f"emit of {node.path!r}"),
-            idempotency_key=bounded(f"statechart:{chart.name}:{self.key}:entry:{number}"), target=emit.target,
+            idempotency_key=reserved("statechart", chart.name, self.key, "entry", number), target=emit.target,
         )
 
 

@@ -26,7 +26,7 @@ from sqlmodel import Session
 
 from garrison.client import Garrison, configure
 from garrison.contrib.django.conf import DjangoOptions, read_options
-from garrison.core.ingest import EventIn, IngestedEvent, validate, write_events
+from garrison.core.ingest import EventIn, IngestedEvent, write_events
 from garrison.errors import ConfigurationError
 
 __all__ = ["get_client", "ingest", "ingest_many", "reset"]
@@ -177,9 +177,8 @@ def ingest(
     """
     state = _integration()
     client = state.client
-    event = validate(
-        name, key, data, tenant=client.tenant_of(tenant), idempotency_key=idempotency_key, target=target,
-        system=system, max_payload_bytes=client.settings.max_payload_bytes,
+    event = client.check_event(
+        name, key, data, tenant=tenant, idempotency_key=idempotency_key, target=target, system=system
     )
     results = state.write([event], using, in_transaction)
     return None if results is None else results[0]

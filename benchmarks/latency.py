@@ -54,12 +54,15 @@ import math
 import multiprocessing as mp
 import os
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -75,8 +78,6 @@ from garrison import JourneyContext, Message, journey  # noqa: E402
 from garrison.config import Settings  # noqa: E402
 
 if TYPE_CHECKING:
-    import subprocess
-
     from celery import Celery
 
     from garrison.client import Garrison
@@ -335,7 +336,7 @@ def feed(threads: int, rate: float, seconds: float, send: Callable[[int], int], 
 class SendSpec:
     """What the feed sends, so that a feeding process can build its own client (``--processes``)."""
 
-    kind: str  # "garrison": client.ingest(); "raw": one no-op task
+    kind: str  # "garrison": client.ingest(); "http": POST /events to `garrison serve`; "raw": one no-op task
     settings: Settings
     tenant: str = ""
     name: str = ""
@@ -345,6 +346,8 @@ class SendSpec:
     picks: int = 0
     run: str = ""
     task_events: bool = True
+    url: str = ""  # "http": the server's base URL, and the tenant's API key
+    api_key: str = ""
 
 
 class Sender:
@@ -352,12 +355,19 @@ class Sender:
 
     def __init__(self, spec: SendSpec, client: Garrison | None = None) -> None:
         self.spec = spec
-        if spec.kind == "garrison":
+        if spec.kind in ("garrison", "http"):
             from garrison.client import Garrison
 
             self.client = client or Garrison(spec.settings)
             rng = random.Random(spec.seed)
             self.picks = [rng.randrange(spec.keys) for _ in range(spec.picks)]
+            if spec.kind == "http":
+                import httpx
+
+                # One pool shared by the feeding threads, as a web app's HTTP client would be.
+                self.http = httpx.Client(base_url=spec.url, timeout=30.0,
+                                         headers={"Authorization": f"Bearer {spec.api_key}"},
+                                         limits=httpx.Limits(max_connections=64, max_keepalive_connections=64))
         else:
             self.app = raw_celery(spec.settings, task_events=spec.task_events)
 
@@ -366,6 +376,9 @@ class Sender:
 
     def warm(self) -> None:
         """Open this thread's connections (database, broker) without sending anything."""
+        if self.spec.kind == "http":
+            self.http.get("/healthz")
+            return
         if self.spec.kind == "garrison":
             with self.client.db.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -379,6 +392,13 @@ class Sender:
         spec = self.spec
         if spec.kind == "garrison":
             return self.client.ingest(spec.name, self.key(i), {"n": 1}, tenant=spec.tenant, target=spec.target).seq
+        if spec.kind == "http":
+            body: dict[str, Any] = {"name": spec.name, "key": self.key(i), "data": {"n": 1}}
+            if spec.target:
+                body["target"] = spec.target
+            answer = self.http.post("/events", json=body)
+            answer.raise_for_status()
+            return int(answer.json()["seq"])
         with self.app.producer_or_acquire() as producer:
             self.app.send_task(RAW_TASK, args=[i, spec.run], producer=producer)
         return 0
@@ -558,19 +578,27 @@ def prefill(client: Garrison, args: argparse.Namespace, tenant: str, keys: Seque
                 conn.execute(text(f"ANALYZE {table}"))
 
 
+def run_tenant(args: argparse.Namespace, n: int, rate: float, http: bool) -> str:
+    """A tenant per run: fresh keys, nothing left over."""
+    return f"{'h' if http else ''}{'j' if args.journey else 'r'}{n}-{rate:g}"
+
+
 def run_garrison(args: argparse.Namespace, client: Garrison, listener: Listener | None, rate: float,
-                 proc: subprocess.Popen[bytes], n: int = 0) -> RunReport:
-    tenant = f"{'j' if args.journey else 'r'}{n}-{rate:g}"  # a tenant per run: fresh keys, nothing left over
+                 proc: subprocess.Popen[bytes], n: int = 0, server: tuple[str, dict[str, str]] | None = None
+                 ) -> RunReport:
+    tenant = run_tenant(args, n, rate, server is not None)
     keys = [f"k{n:07d}" for n in range(args.keys)]
     prefill(client, args, tenant, keys, proc)
     if listener is not None:
         listener.dump()  # drop the prefill's commits
     name, target = ("lat/ping", None) if args.journey else ("add", "tally")
-    spec = SendSpec(kind="garrison", settings=client.settings, tenant=tenant, name=name,
+    spec = SendSpec(kind="http" if server else "garrison", settings=client.settings, tenant=tenant, name=name,
                     target=target, keys=args.keys, seed=args.seed,
-                    picks=int(rate * args.seconds) if rate else 2_000_000)
+                    picks=int(rate * args.seconds) if rate else 2_000_000,
+                    url=server[0] if server else "", api_key=server[1][tenant] if server else "")
     sender = Sender(spec, client)
-    report = RunReport(side="garrison journey" if args.journey else "garrison reducer", rate=rate,
+    side = "garrison journey" if args.journey else "garrison reducer"
+    report = RunReport(side=side + (" via HTTP" if server else ""), rate=rate,
                        seconds=args.seconds, keys=args.keys, threads=args.threads * args.processes, sent=0,
                        achieved_rate=0.0)
     sent = _timed_feed(args, spec, rate, sender, lambda: pending_events(client, tenant), proc, report)
@@ -589,7 +617,8 @@ def run_garrison(args: argparse.Namespace, client: Garrison, listener: Listener 
             " WHERE tenant = :t AND seq IS NOT NULL"), {"t": tenant})}
     ingest = [s.end - s.start for s in sent]
     pickup = [picked[(s.key, s.seq)] - s.end for s in sent if (s.key, s.seq) in picked]
-    report.latencies = {"ingest()": Dist.of(ingest), "ingest() return -> picked up": Dist.of(pickup)}
+    first = "POST /events" if server else "ingest()"
+    report.latencies = {first: Dist.of(ingest), f"{first} return -> picked up": Dist.of(pickup)}
     last_applied = max(picked.get((s.key, s.seq), t_end) for s in sent)
     if listener is not None:
         commits = listener.dump()
@@ -675,6 +704,12 @@ def garrison_side(args: argparse.Namespace, settings: Settings, log_dir: Path) -
                 r = run_garrison(args, client, listener, rate, proc, n)
                 reports.append(r)
                 show(r)
+            if args.http:
+                with http_server(args, settings, log_dir) as server:
+                    for n, rate in enumerate(args.http_rates):
+                        r = run_garrison(args, client, listener, rate, proc, n, server)
+                        reports.append(r)
+                        show(r)
     except BaseException:
         print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
         raise
@@ -683,6 +718,45 @@ def garrison_side(args: argparse.Namespace, settings: Settings, log_dir: Path) -
             listener.close()
         client.db.dispose()
     return reports
+
+
+@contextmanager
+def http_server(args: argparse.Namespace, settings: Settings, log_dir: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """``garrison serve`` (one uvicorn process, as the CLI starts it) with an API key per HTTP run's tenant:
+    the same path as ``ingest()``, behind HTTP. Yields its URL and the keys by tenant."""
+    import secrets
+    import socket
+
+    import httpx
+
+    from benchmarks.throughput import child_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    keys = {run_tenant(args, n, rate, True): secrets.token_hex(16) for n, rate in enumerate(args.http_rates)}
+    env = child_env(settings, GARRISON_API_KEYS=",".join(f"{t}:{k}" for t, k in keys.items()))
+    log = (log_dir / "garrison-serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "garrison.cli", "serve", "--port", str(port), "--log-level",
+                             "warning"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"garrison serve did not start; see {log.name}")
+            time.sleep(0.1)
+        yield url, keys
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
 
 
 # -- raw Celery side ------------------------------------------------------------------------------------------
@@ -768,6 +842,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    help="client processes with --threads threads each (one Python process tops out at a few "
                         "hundred ingest() calls/s)")
     p.add_argument("--journey", action="store_true", help=f"every event wakes a journey in wait_for ({JOURNEY})")
+    p.add_argument("--http", action="store_true",
+                   help="then the same feed through `garrison serve` (POST /events), at --http-rates")
+    p.add_argument("--http-rates", default="50", type=lambda v: [float(x) for x in v.split(",")],
+                   help="events/s for the HTTP runs (default 50)")
     p.add_argument("--journey-timeout", default="", help="a timeout for each wait, e.g. 1h (a timer per event)")
     p.add_argument("--raw", choices=("events", "no-events", "both", "none"), default="events",
                    help="the raw Celery baseline: task events on (as garrison), off, both, none")

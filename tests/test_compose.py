@@ -370,8 +370,8 @@ def _instructions() -> list[tuple[str, str]]:
 
 def test_garrison_image_names_the_users_own_image_built_from_garrisons_for_every_garrison_service() -> None:
     # A user's image built FROM garrison:latest keeps its own tag: compose runs it instead of garrison's.
-    mine = {name: s for name, s in load({**SECRETS, "GARRISON_IMAGE": "myapp-garrison:1.0"})["services"].items()
-            if "build" in s}
+    loaded = load({**SECRETS, **REQUIRED, "GARRISON_IMAGE": "myapp-garrison:1.0"})
+    mine = {name: s for name, s in loaded["services"].items() if "build" in s}
     assert {s["image"] for s in mine.values()} == {"myapp-garrison:1.0"} and set(mine) == set(built())
 
 

@@ -24,7 +24,7 @@ from garrison import __version__
 from garrison.client import Garrison
 from garrison.config import Settings
 from garrison.core.db import explain, safe_url
-from garrison.errors import ConfigurationError, GarrisonError, ValidationError
+from garrison.errors import ConfigurationError, DatabaseUnavailable, GarrisonError, ValidationError
 from garrison.logs import ContextFilter, JsonFormatter, context_suffix
 
 P = ParamSpec("P")
@@ -86,6 +86,8 @@ def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except ConfigurationError as exc:
             where = f" (setting: {exc.context['field']})" if exc.context.get("field") else ""
             fail(f"{exc.message}{where}", 2)
+        except DatabaseUnavailable as exc:
+            fail(explain(exc, _database_url()) or str(exc), 2)
         except GarrisonError as exc:
             fail(str(exc), 1)
         except DBAPIError as exc:
@@ -118,9 +120,9 @@ def check_database(settings: Settings) -> None:
     try:
         with db.session() as s:
             s.execute(select(EVENTS.c.id).limit(1)).all()
-    except DBAPIError as exc:
+    except (DBAPIError, DatabaseUnavailable) as exc:
         fail(explain(exc, settings.database_url) or f"the database at {safe_url(settings.database_url)} "
-             f"cannot be used: {exc.orig}", 2)
+             f"cannot be used: {getattr(exc, 'orig', exc)}", 2)
     finally:
         db.dispose()
 

@@ -152,6 +152,8 @@ def explain(exc: BaseException, url: str) -> str | None:
     """One line a person can act on for a database error that is about the setup rather than garrison:
     tables not created yet, a database that does not exist, a server that cannot be reached. None for
     anything else (then the error itself is the best description)."""
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the driver's error says what is wrong
     cause = getattr(exc, "orig", None) or exc
     text = str(cause)
     where = safe_url(url)

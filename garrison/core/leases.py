@@ -138,7 +138,7 @@ def release(db: Database, tenant: str, name: str, owner: str) -> bool:
 def holder(db: Database, tenant: str, name: str) -> LeaseState | None:
     """The lease's last holder, expired or not (compare ``expires_at`` with your clock), or None when
     nobody took it yet or it was released."""
-    with db.session() as s:
+    with db.session(readonly=True) as s:
         row = s.execute(
             select(*_COLUMNS).where(LEASES.c.tenant == tenant, LEASES.c.name == name, LEASES.c.owner != FREE)
         ).first()
